@@ -1,0 +1,115 @@
+"""Candle series, timeframes in ccxt notation, the closed-candle rule and row checks."""
+
+import datetime as dt
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from btc_lstm.errors import ConfigError
+
+_UNIT_MS = {
+    "m": 60_000,
+    "h": 3_600_000,
+    "d": 86_400_000,
+}
+
+
+def timeframe_to_ms(timeframe: str) -> int:
+    """Return the length of one candle of `timeframe` (such as "1d" or "4h") in ms.
+
+    Raises:
+        ConfigError: the timeframe is not a count followed by m, h or d. Weekly and
+            monthly candles are rejected: exchanges open them on a Monday or on the
+            first of the month, which the epoch-aligned closed-candle rule does not
+            model.
+    """
+    count, unit = timeframe[:-1], timeframe[-1:]
+    if not count.isdigit() or int(count) == 0 or unit not in _UNIT_MS:
+        raise ConfigError(
+            f"invalid timeframe {timeframe!r}; use a count and a unit of m, h or d, "
+            "such as 1d, 4h or 1h"
+        )
+    return int(count) * _UNIT_MS[unit]
+
+
+def last_closed_open_ms(now_ms: int, timeframe_ms: int) -> int:
+    """Return the open time (ms) of the newest candle that has closed by `now_ms`.
+
+    Candles are aligned to multiples of their length since the Unix epoch (00:00 UTC
+    for daily candles). The candle opening at `t` closes at `t + timeframe_ms`.
+    """
+    current_open_ms = now_ms - now_ms % timeframe_ms
+    return current_open_ms - timeframe_ms
+
+
+def ms_to_datetime(timestamp_ms: int) -> dt.datetime:
+    """Return the timezone-aware UTC datetime of a Unix time in milliseconds."""
+    return dt.datetime.fromtimestamp(timestamp_ms / 1000, tz=dt.UTC)
+
+
+def datetime_to_ms(moment: dt.datetime) -> int:
+    """Return the Unix time in milliseconds of an aware datetime (naive means UTC)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def open_times_ms(open_times: pd.Series) -> pd.Series:
+    """Return tz-aware UTC open times as int64 Unix milliseconds."""
+    epoch = pd.Timestamp(0, tz="UTC")
+    return ((open_times - epoch) // pd.Timedelta(1, "ms")).astype("int64")
+
+
+@dataclass(frozen=True)
+class Series:
+    """One candle series: an exchange, a unified symbol and a timeframe."""
+
+    exchange: str
+    symbol: str
+    timeframe: str
+
+    @property
+    def timeframe_ms(self) -> int:
+        return timeframe_to_ms(self.timeframe)
+
+    def __str__(self) -> str:
+        return f"{self.exchange} {self.symbol} {self.timeframe}"
+
+
+# Columns of a candle frame as passed between ingest, store and train: one row per
+# closed candle, open_time as tz-aware UTC, sorted by open_time with no duplicates.
+CANDLE_COLUMNS = ["open_time", "open", "high", "low", "close", "volume"]
+PRICE_COLUMNS = ["open", "high", "low", "close"]
+
+
+def find_invalid_candles(candles: pd.DataFrame, timeframe_ms: int) -> pd.Series:
+    """Return a reason per invalid row of a candle frame, empty where the row is valid.
+
+    A row is invalid when a price or the volume is missing or not finite, a price is
+    not positive, the volume is negative, the high is below another price or the low
+    above one, or the open time is not a multiple of the timeframe since the epoch.
+    """
+    reasons = pd.Series("", index=candles.index, dtype="object")
+    values = candles[PRICE_COLUMNS + ["volume"]].astype("float64")
+    checks = [
+        (~np.isfinite(values).all(axis=1), "missing or non-finite value"),
+        ((values[PRICE_COLUMNS] <= 0).any(axis=1), "price not positive"),
+        (values["volume"] < 0, "negative volume"),
+        (
+            values["high"] < values[["open", "close", "low"]].max(axis=1),
+            "high below open, close or low",
+        ),
+        (
+            values["low"] > values[["open", "close", "high"]].min(axis=1),
+            "low above open, close or high",
+        ),
+        (
+            open_times_ms(candles["open_time"]) % timeframe_ms != 0,
+            "open time not aligned to the timeframe",
+        ),
+    ]
+    for failed, reason in checks:
+        failed_rows = pd.Series(failed, index=candles.index, dtype=bool)
+        reasons[(reasons == "") & failed_rows] = reason
+    return reasons

@@ -1,0 +1,392 @@
+"""The btc-lstm command: run the daily job or one stage of it, and read forecasts.
+
+Imports are deferred into each command so that `btc-lstm --help` and the commands
+that do not train never load TensorFlow, and those that run no flow never load
+Prefect.
+"""
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from btc_lstm.errors import BtcLstmError
+
+logger = logging.getLogger("btc_lstm.cli")
+
+
+FLOW_COMMANDS = {"run", "ingest", "train", "forecast"}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the process exit code."""
+    parser = build_parser()
+    arguments = parser.parse_args(argv)
+    _configure_logging(arguments.verbose, arguments.command in FLOW_COMMANDS)
+    if arguments.database_url:
+        # The URL travels by environment, never as a flow parameter, so that its
+        # password is not stored with flow runs.
+        os.environ["BTC_LSTM_DATABASE_URL"] = arguments.database_url
+    try:
+        result: int = arguments.handler(arguments)
+    except BtcLstmError as exc:
+        if arguments.debug:
+            raise
+        print(f"btc-lstm: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("btc-lstm: interrupted", file=sys.stderr)
+        return 130
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--database-url",
+        help="SQLAlchemy URL of the store (env BTC_LSTM_DATABASE_URL; "
+        "default sqlite:///btc_lstm.db)",
+    )
+    common.add_argument("--debug", action="store_true", help="show tracebacks")
+    common.add_argument(
+        "-v", "--verbose", action="store_true", help="log debug lines too"
+    )
+    parser = argparse.ArgumentParser(
+        prog="btc-lstm",
+        description="Daily crypto candles in, LSTM forecasts out. Settings come from "
+        "BTC_LSTM_* environment variables; each command's flags override them.",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        command: argparse.ArgumentParser = subparsers.add_parser(
+            name, help=help_text, description=help_text, parents=[common]
+        )
+        return command
+
+    run = add_command("run", "run the daily flow once: ingest, train, forecast")
+    _add_series_options(run)
+    _add_csv_option(run)
+    _add_model_options(run)
+    run.set_defaults(handler=_run_daily)
+
+    ingest = add_command("ingest", "run the ingest flow: store new closed candles")
+    _add_series_options(ingest)
+    _add_csv_option(ingest)
+    ingest.set_defaults(handler=_run_ingest)
+
+    train = add_command("train", "run the train flow: retrain on the newest window")
+    _add_series_options(train)
+    _add_model_options(train)
+    train.set_defaults(handler=_run_train)
+
+    forecast = add_command(
+        "forecast", "run the forecast flow: forecast from the newest candle"
+    )
+    _add_series_options(forecast)
+    forecast.set_defaults(handler=_run_forecast)
+
+    import_csv = add_command(
+        "import-csv", "store the candles of CSV files, without Prefect"
+    )
+    import_csv.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    import_csv.add_argument(
+        "--exchange", help="ccxt id of the source (default: from the file name)"
+    )
+    import_csv.add_argument(
+        "--symbol", help="unified symbol such as BTC/USDT (default: from the file)"
+    )
+    import_csv.set_defaults(handler=_import_csv)
+
+    predictions = add_command("predictions", "print the newest forecast of each series")
+    predictions.add_argument("--exchange", help="only this exchange")
+    predictions.add_argument("--symbol", help="only this symbol")
+    predictions.add_argument("--timeframe", help="only this timeframe")
+    predictions.add_argument(
+        "--format", choices=["table", "csv", "json"], default="table"
+    )
+    predictions.set_defaults(handler=_print_predictions)
+
+    database = subparsers.add_parser("db", help="manage the database schema")
+    database_commands = database.add_subparsers(
+        dest="db_command", required=True, metavar="ACTION"
+    )
+    upgrade = database_commands.add_parser(
+        "upgrade",
+        help="create or upgrade the tables to the newest revision",
+        parents=[common],
+    )
+    upgrade.add_argument("revision", nargs="?", default="head")
+    upgrade.set_defaults(handler=_upgrade_database)
+    downgrade = database_commands.add_parser(
+        "downgrade",
+        help="revert to REVISION (base drops every table and its data)",
+        parents=[common],
+    )
+    downgrade.add_argument("revision")
+    downgrade.set_defaults(handler=_downgrade_database)
+    current = database_commands.add_parser(
+        "current", help="print the schema revision of the database", parents=[common]
+    )
+    current.set_defaults(handler=_print_revision)
+    return parser
+
+
+def _add_series_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--exchange", help="ccxt exchange id (env BTC_LSTM_EXCHANGE)")
+    parser.add_argument(
+        "--symbols",
+        type=_comma_list,
+        help="comma-separated unified symbols (env BTC_LSTM_SYMBOLS), e.g. BTC/USDT",
+    )
+    parser.add_argument(
+        "--timeframe", help="candle length such as 1d or 4h (env BTC_LSTM_TIMEFRAME)"
+    )
+
+
+def _add_csv_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--csv",
+        dest="csv_paths",
+        action="append",
+        type=Path,
+        metavar="PATH",
+        help="read candles from this CSV file instead of the exchange (repeatable); "
+        "the series trained and forecast are the files' own",
+    )
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    options = [
+        ("--window-candles", "candles in the training window"),
+        ("--lookback-candles", "candles the model reads per forecast"),
+        ("--horizon-candles", "candles ahead each forecast covers"),
+        ("--epochs", "maximum training epochs"),
+        ("--random-seed", "seed of the weights and shuffling"),
+    ]
+    for flag, help_text in options:
+        env_name = "BTC_LSTM_" + flag.removeprefix("--").replace("-", "_").upper()
+        parser.add_argument(flag, type=int, help=f"{help_text} (env {env_name})")
+
+
+def _comma_list(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def _configure_logging(verbose: bool, runs_flow: bool) -> None:
+    """Send library log lines to stderr, through Prefect's handlers for flow commands.
+
+    Prefect configures logging when it is imported: with btc_lstm among its extra
+    loggers, library lines reach its console handler and the flow run's logs in
+    the UI. Commands that run no flow use a plain stderr handler instead.
+    """
+    level = "DEBUG" if verbose else "INFO"
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "btc_lstm")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", level)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    library_logger = logging.getLogger("btc_lstm")
+    library_logger.setLevel(level)
+    if runs_flow:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    library_logger.addHandler(handler)
+
+
+def _series_options(arguments: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "symbols": arguments.symbols,
+        "exchange": arguments.exchange,
+        "timeframe": arguments.timeframe,
+    }
+
+
+def _model_options(arguments: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "window_candles": arguments.window_candles,
+        "lookback_candles": arguments.lookback_candles,
+        "horizon_candles": arguments.horizon_candles,
+        "epochs": arguments.epochs,
+        "random_seed": arguments.random_seed,
+    }
+
+
+def _csv_paths(arguments: argparse.Namespace) -> list[str] | None:
+    if not arguments.csv_paths:
+        return None
+    for path in arguments.csv_paths:
+        if not path.is_file():
+            raise BtcLstmError(f"candle file not found: {path}")
+    return [str(path.resolve()) for path in arguments.csv_paths]
+
+
+def _check_settings_and_database(overrides: dict[str, Any]) -> None:
+    """Fail fast on a bad setting or database before Prefect starts."""
+    from btc_lstm.settings import load_settings
+    from btc_lstm.store import create_db_engine
+
+    settings = load_settings(**overrides)
+    create_db_engine(settings.database_url).dispose()
+
+
+def _run_daily(arguments: argparse.Namespace) -> int:
+    overrides = {**_series_options(arguments), **_model_options(arguments)}
+    csv_paths = _csv_paths(arguments)
+    _check_settings_and_database(overrides)
+    from flows.pipeline import daily
+
+    daily(csv_paths=csv_paths, **overrides)
+    return 0
+
+
+def _run_ingest(arguments: argparse.Namespace) -> int:
+    overrides = _series_options(arguments)
+    csv_paths = _csv_paths(arguments)
+    _check_settings_and_database(overrides)
+    from flows.pipeline import ingest
+
+    ingest(csv_paths=csv_paths, **overrides)
+    return 0
+
+
+def _run_train(arguments: argparse.Namespace) -> int:
+    overrides = {**_series_options(arguments), **_model_options(arguments)}
+    _check_settings_and_database(overrides)
+    from flows.pipeline import train
+
+    train(**overrides)
+    return 0
+
+
+def _run_forecast(arguments: argparse.Namespace) -> int:
+    overrides = _series_options(arguments)
+    _check_settings_and_database(overrides)
+    from flows.pipeline import forecast
+
+    forecast(**overrides)
+    return 0
+
+
+def _open_database(upgrade: bool) -> Any:
+    from btc_lstm.migrate import require_current_schema, upgrade_database
+    from btc_lstm.settings import load_settings
+    from btc_lstm.store import create_db_engine
+
+    engine = create_db_engine(load_settings().database_url)
+    if upgrade:
+        upgrade_database(engine)
+    else:
+        require_current_schema(engine)
+    return engine
+
+
+def _import_csv(arguments: argparse.Namespace) -> int:
+    from btc_lstm.ingest import import_candle_file
+
+    engine = _open_database(upgrade=True)
+    for path in arguments.paths:
+        result = import_candle_file(
+            engine, path, exchange=arguments.exchange, symbol=arguments.symbol
+        )
+        print(
+            f"{path}: {result.exchange} {result.symbol} {result.timeframe}: "
+            f"{result.received} rows read, {result.inserted} new, "
+            f"{result.updated} revised"
+        )
+    return 0
+
+
+def _print_predictions(arguments: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from btc_lstm.store import list_series, load_latest_forecast
+
+    engine = _open_database(upgrade=False)
+    frames = []
+    for series in list_series(engine):
+        if arguments.exchange and series.exchange != arguments.exchange:
+            continue
+        if arguments.symbol and series.symbol != arguments.symbol:
+            continue
+        if arguments.timeframe and series.timeframe != arguments.timeframe:
+            continue
+        forecast = load_latest_forecast(engine, series)
+        frames.append(forecast.assign(**_series_columns(series)))
+    if not frames:
+        print("btc-lstm: no forecasts stored yet; run `btc-lstm run`", file=sys.stderr)
+        return 1
+
+    columns = [
+        "exchange",
+        "symbol",
+        "timeframe",
+        "as_of_open_time",
+        "target_open_time",
+        "horizon_step",
+        "predicted_close",
+        "model_run_id",
+    ]
+    table = pd.concat(frames, ignore_index=True)[columns]
+    if arguments.format == "csv":
+        print(table.to_csv(index=False), end="")
+    elif arguments.format == "json":
+        print(table.to_json(orient="records", date_format="iso", indent=2))
+    else:
+        print(table.to_string(index=False))
+    return 0
+
+
+def _series_columns(series: Any) -> dict[str, str]:
+    return {
+        "exchange": series.exchange,
+        "symbol": series.symbol,
+        "timeframe": series.timeframe,
+    }
+
+
+def _upgrade_database(arguments: argparse.Namespace) -> int:
+    from btc_lstm.migrate import current_revision, upgrade_database
+    from btc_lstm.settings import load_settings
+    from btc_lstm.store import create_db_engine, mask_database_url
+
+    database_url = load_settings().database_url
+    engine = create_db_engine(database_url)
+    upgrade_database(engine, arguments.revision)
+    print(
+        f"{mask_database_url(database_url)}: schema at revision "
+        f"{current_revision(engine)}"
+    )
+    return 0
+
+
+def _downgrade_database(arguments: argparse.Namespace) -> int:
+    from btc_lstm.migrate import current_revision, downgrade_database
+    from btc_lstm.settings import load_settings
+    from btc_lstm.store import create_db_engine, mask_database_url
+
+    database_url = load_settings().database_url
+    engine = create_db_engine(database_url)
+    downgrade_database(engine, arguments.revision)
+    print(
+        f"{mask_database_url(database_url)}: schema at revision "
+        f"{current_revision(engine) or 'base (no tables)'}"
+    )
+    return 0
+
+
+def _print_revision(arguments: argparse.Namespace) -> int:
+    from btc_lstm.migrate import current_revision, head_revision
+    from btc_lstm.settings import load_settings
+    from btc_lstm.store import create_db_engine
+
+    engine = create_db_engine(load_settings().database_url)
+    current = current_revision(engine)
+    print(f"current: {current or 'none (empty database)'}; newest: {head_revision()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""Model inputs and targets built from candles, and the scaling fitted on training data.
+
+Prices are not stationary, so the model reads and predicts log returns: the input
+at candle t is (log(close_t / close_t-1), log(high_t / low_t)) and the target of a
+forecast from candle t is log(close_t+h / close_t) for h = 1..horizon.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from btc_lstm.candles import Series
+from btc_lstm.errors import InsufficientHistoryError
+
+FEATURE_NAMES = ["log_return", "log_high_low_range"]
+
+
+def candle_features(candles: pd.DataFrame) -> np.ndarray:
+    """Return the features of every candle but the first.
+
+    Returns:
+        Array of shape `(len(candles) - 1, len(FEATURE_NAMES))`.
+    """
+    closes = candles["close"].to_numpy(dtype="float64")
+    highs = candles["high"].to_numpy(dtype="float64")
+    lows = candles["low"].to_numpy(dtype="float64")
+    log_returns = np.diff(np.log(closes))
+    log_ranges = np.log(highs[1:] / lows[1:])
+    return np.column_stack([log_returns, log_ranges])
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Supervised samples cut from a run of contiguous candles.
+
+    Attributes:
+        inputs: features of the `lookback` candles up to each anchor candle, shape
+            `(samples, lookback, features)`.
+        targets: log return from the anchor's close to each of the next `horizon`
+            closes, shape `(samples, horizon)`.
+        anchor_closes: close of each sample's last input candle, shape `(samples,)`.
+    """
+
+    inputs: np.ndarray
+    targets: np.ndarray
+    anchor_closes: np.ndarray
+
+
+def build_windows(candles: pd.DataFrame, lookback: int, horizon: int) -> Windows:
+    """Cut every (lookback inputs, horizon targets) sample from contiguous candles."""
+    features = candle_features(candles)
+    log_closes = np.log(candles["close"].to_numpy(dtype="float64"))
+    sample_count = len(candles) - lookback - horizon
+    if sample_count <= 0:
+        raise ValueError(
+            f"need more than {lookback + horizon} candles to build samples, "
+            f"got {len(candles)}"
+        )
+    # Sample k reads feature rows k..k+lookback-1, which belong to candles
+    # k+1..k+lookback, so its anchor (last input candle) is candle k+lookback.
+    anchors = np.arange(sample_count) + lookback
+    inputs = np.stack([features[k : k + lookback] for k in range(sample_count)])
+    steps = np.arange(1, horizon + 1)
+    targets = log_closes[anchors[:, None] + steps] - log_closes[anchors][:, None]
+    anchor_closes = np.exp(log_closes[anchors])
+    return Windows(inputs=inputs, targets=targets, anchor_closes=anchor_closes)
+
+
+@dataclass(frozen=True)
+class Standardizer:
+    """Mean and standard deviation per column, fitted on training rows only."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def fit(cls, rows: np.ndarray) -> "Standardizer":
+        std = rows.std(axis=0)
+        # A constant column (a flat synthetic price, say) must not divide by zero.
+        std = np.where(std > 0, std, 1.0)
+        return cls(mean=rows.mean(axis=0), std=std)
+
+    def transform(self, values: np.ndarray) -> np.ndarray:
+        return np.asarray((values - self.mean) / self.std)
+
+    def inverse_transform(self, values: np.ndarray) -> np.ndarray:
+        return np.asarray(values * self.std + self.mean)
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "Standardizer":
+        return cls(mean=np.asarray(values["mean"]), std=np.asarray(values["std"]))
+
+
+def require_contiguous(candles: pd.DataFrame, series: Series, purpose: str) -> None:
+    """Check that candles follow each other with no missing open time.
+
+    Raises:
+        InsufficientHistoryError: candles are missing; the message names the first
+            missing open time and how many are missing.
+    """
+    steps = candles["open_time"].diff().dropna()
+    expected = pd.Timedelta(series.timeframe_ms, "ms")
+    gaps = steps[steps != expected]
+    if gaps.empty:
+        return
+    missing = int(sum(step // expected - 1 for step in gaps))
+    first_gap = candles["open_time"].iloc[gaps.index[0] - 1] + expected
+    raise InsufficientHistoryError(
+        f"{series}: {missing} candles missing inside the {purpose} window, first "
+        f"{first_gap:%Y-%m-%d %H:%M} UTC; ingest again to fill the gap, or import a "
+        "file that covers it"
+    )

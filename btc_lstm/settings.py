@@ -1,0 +1,159 @@
+"""Settings of the daily job, read from BTC_LSTM_* environment variables.
+
+CLI flags and flow parameters override the environment through `load_settings`.
+Lengths are counted in candles of the configured timeframe, so `window_candles=730`
+means two years of daily candles or 122 days of 4h candles.
+"""
+
+import datetime as dt
+import re
+from typing import Annotated, Any
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from btc_lstm.candles import timeframe_to_ms
+from btc_lstm.errors import ConfigError
+
+ENV_PREFIX = "BTC_LSTM_"
+
+_SYMBOL_PATTERN = re.compile(r"^[A-Za-z0-9.\-_]+/[A-Za-z0-9.\-_]+(:[A-Za-z0-9.\-_]+)?$")
+
+
+class Settings(BaseSettings):
+    """Configuration of one deployment: candle source, store and model."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", validate_default=True
+    )
+
+    database_url: str = Field(
+        "sqlite:///btc_lstm.db",
+        description="SQLAlchemy URL of the store; a relative SQLite path is relative "
+        "to the working directory.",
+    )
+    exchange: str = Field("binance", description="ccxt exchange id.")
+    symbols: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["BTC/USDT"],
+        description="Unified ccxt symbols; comma-separated in the environment.",
+    )
+    timeframe: str = Field("1d", description="Candle length, as ccxt names it.")
+    history_start: dt.date = Field(
+        dt.date(2017, 1, 1),
+        description="UTC day the first backfill starts from.",
+    )
+    window_candles: int = Field(
+        730, ge=2, description="Candles in the rolling training window."
+    )
+    lookback_candles: int = Field(
+        30, ge=1, description="Candles the model reads to make one forecast."
+    )
+    horizon_candles: int = Field(
+        7, ge=1, description="Candles ahead that each forecast covers."
+    )
+    epochs: int = Field(50, ge=1, description="Maximum training epochs.")
+    batch_size: int = Field(32, ge=1)
+    lstm_units: int = Field(32, ge=1)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    learning_rate: float = Field(1e-3, gt=0.0)
+    validation_fraction: float = Field(
+        0.2,
+        gt=0.0,
+        lt=1.0,
+        description="Share of the newest training samples held out for validation.",
+    )
+    early_stopping_patience: int = Field(
+        5, ge=1, description="Epochs without validation improvement before stopping."
+    )
+    random_seed: int = Field(42, ge=0)
+    ccxt_config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="JSON object passed to the ccxt exchange constructor "
+        "(timeouts, options, proxies, or urls of a mirror).",
+    )
+    fetch_retries: int = Field(
+        3, ge=0, description="Retries of a symbol's fetch after a temporary error."
+    )
+    fetch_retry_delay_seconds: float = Field(
+        10.0,
+        ge=0.0,
+        description="Delay before the first retry; each later retry waits 3x longer.",
+    )
+
+    @field_validator("symbols", mode="before")
+    @classmethod
+    def _split_symbols(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("symbols")
+    @classmethod
+    def _check_symbols(cls, symbols: list[str]) -> list[str]:
+        if not symbols:
+            raise ValueError("at least one symbol is required, such as BTC/USDT")
+        for symbol in symbols:
+            if not _SYMBOL_PATTERN.match(symbol):
+                raise ValueError(
+                    f"{symbol!r} is not a unified ccxt symbol; write it as BASE/QUOTE, "
+                    "such as BTC/USDT"
+                )
+        return symbols
+
+    @field_validator("timeframe")
+    @classmethod
+    def _check_timeframe(cls, timeframe: str) -> str:
+        try:
+            timeframe_to_ms(timeframe)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from exc
+        return timeframe
+
+    @model_validator(mode="after")
+    def _check_lengths(self) -> "Settings":
+        minimum_window = minimum_window_candles(
+            self.lookback_candles, self.horizon_candles
+        )
+        if self.window_candles < minimum_window:
+            raise ValueError(
+                f"window_candles={self.window_candles} is too short for "
+                f"lookback_candles={self.lookback_candles} and "
+                f"horizon_candles={self.horizon_candles}; use at least {minimum_window}"
+            )
+        return self
+
+
+def minimum_window_candles(lookback_candles: int, horizon_candles: int) -> int:
+    """Return the smallest window that leaves ten training and two validation samples.
+
+    One sample needs `lookback_candles` returns (one candle more) plus
+    `horizon_candles` future candles, and `horizon_candles` samples are dropped
+    between the training and validation parts so their targets never overlap.
+    """
+    return lookback_candles + 1 + 2 * horizon_candles + 12
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings from the environment, with non-None overrides taking precedence.
+
+    Raises:
+        ConfigError: a value is invalid; the message names the setting and its
+            environment variable.
+    """
+    given = {name: value for name, value in overrides.items() if value is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        raise ConfigError(_describe_validation_error(exc)) from exc
+
+
+def _describe_validation_error(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        name = ".".join(str(part) for part in error["loc"][:1]) or "settings"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if name == "settings":
+            problems.append(message)
+        else:
+            problems.append(f"{name} (env {ENV_PREFIX}{name.upper()}): {message}")
+    return "invalid setting " + "; ".join(problems)

@@ -1,0 +1,485 @@
+"""SQLAlchemy tables, engine set-up, upserts and window queries for SQLite and Postgres.
+
+Tables are created only by the Alembic migrations in migrations/; the metadata here
+mirrors them so queries can be built with SQLAlchemy Core, and a test checks that
+the two do not drift.
+"""
+
+import datetime as dt
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.types import TypeDecorator
+
+from btc_lstm.candles import CANDLE_COLUMNS, Series
+from btc_lstm.errors import DatabaseError
+
+logger = logging.getLogger(__name__)
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """A timestamp stored in UTC and always read back timezone-aware.
+
+    Postgres stores `timestamptz`. SQLite has no timestamp type, so the value is
+    stored as naive UTC text such as "2025-03-16 00:00:00.000000".
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(
+        self, value: dt.datetime | None, dialect: sa.Dialect
+    ) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"timestamp {value} has no time zone; pass UTC times")
+        value = value.astimezone(dt.UTC)
+        if dialect.name == "sqlite":
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(
+        self, value: dt.datetime | None, dialect: sa.Dialect
+    ) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value.astimezone(dt.UTC)
+
+
+def _json_type() -> sa.types.TypeEngine[Any]:
+    return sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+ohlcv = sa.Table(
+    "ohlcv",
+    metadata,
+    sa.Column("exchange", sa.String(64), primary_key=True),
+    sa.Column("symbol", sa.String(64), primary_key=True),
+    sa.Column("timeframe", sa.String(8), primary_key=True),
+    sa.Column("open_time", UTCDateTime(), primary_key=True),
+    sa.Column("open", sa.Float(53), nullable=False),
+    sa.Column("high", sa.Float(53), nullable=False),
+    sa.Column("low", sa.Float(53), nullable=False),
+    sa.Column("close", sa.Float(53), nullable=False),
+    sa.Column("volume", sa.Float(53), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+model_runs = sa.Table(
+    "model_runs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("exchange", sa.String(64), nullable=False),
+    sa.Column("symbol", sa.String(64), nullable=False),
+    sa.Column("timeframe", sa.String(8), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("window_start_open_time", UTCDateTime(), nullable=False),
+    sa.Column("window_end_open_time", UTCDateTime(), nullable=False),
+    sa.Column("candle_count", sa.Integer, nullable=False),
+    sa.Column("hyperparameters", _json_type(), nullable=False),
+    sa.Column("preprocessing", _json_type(), nullable=False),
+    sa.Column("metrics", _json_type(), nullable=False),
+    sa.Column("epochs_trained", sa.Integer, nullable=False),
+    sa.Column("training_seconds", sa.Float(53), nullable=False),
+    sa.Column("keras_version", sa.String(32), nullable=False),
+    sa.Column("model_archive", sa.LargeBinary, nullable=False),
+    sa.Index(None, "exchange", "symbol", "timeframe", "window_end_open_time"),
+)
+
+predictions = sa.Table(
+    "predictions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("exchange", sa.String(64), nullable=False),
+    sa.Column("symbol", sa.String(64), nullable=False),
+    sa.Column("timeframe", sa.String(8), nullable=False),
+    sa.Column("as_of_open_time", UTCDateTime(), nullable=False),
+    sa.Column("target_open_time", UTCDateTime(), nullable=False),
+    sa.Column("horizon_step", sa.Integer, nullable=False),
+    sa.Column("predicted_close", sa.Float(53), nullable=False),
+    sa.Column(
+        "model_run_id",
+        sa.Integer,
+        sa.ForeignKey("model_runs.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.UniqueConstraint("model_run_id", "as_of_open_time", "horizon_step"),
+    sa.Index(None, "exchange", "symbol", "timeframe", "target_open_time"),
+)
+
+
+def mask_database_url(database_url: str) -> str:
+    """Return the URL with its password replaced by ***, for logs and errors."""
+    try:
+        return sa.make_url(database_url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return "<unparseable database URL>"
+
+
+def normalize_database_url(database_url: str) -> sa.URL:
+    """Parse a database URL, choosing psycopg 3 for a bare postgresql:// URL.
+
+    Raises:
+        DatabaseError: the URL cannot be parsed.
+    """
+    try:
+        url = sa.make_url(database_url)
+    except sa.exc.ArgumentError as exc:
+        raise DatabaseError(
+            f"invalid database URL {mask_database_url(database_url)!r}; set "
+            "BTC_LSTM_DATABASE_URL to a SQLAlchemy URL such as sqlite:///btc_lstm.db "
+            "or postgresql://user@host/dbname"
+        ) from exc
+    if url.drivername in ("postgresql", "postgres"):
+        url = url.set(drivername="postgresql+psycopg")
+    return url
+
+
+def create_db_engine(database_url: str) -> Engine:
+    """Create an engine and check that the database can be opened.
+
+    SQLite connections use WAL journaling and a busy timeout so that a reader and a
+    writer, or two writers, wait for each other instead of failing at once.
+
+    Raises:
+        DatabaseError: the URL is invalid, its driver is not installed, or the
+            database cannot be opened.
+    """
+    url = normalize_database_url(database_url)
+    masked = url.render_as_string(hide_password=True)
+    try:
+        engine = sa.create_engine(url, pool_pre_ping=True)
+    except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError) as exc:
+        raise DatabaseError(
+            f"cannot use database URL {masked!r}: {exc}; use sqlite:///PATH or "
+            "postgresql://USER@HOST/DBNAME"
+        ) from exc
+    if engine.dialect.name == "sqlite":
+        sa.event.listen(engine, "connect", _configure_sqlite_connection)
+    try:
+        with engine.connect():
+            pass
+    except sa.exc.DBAPIError as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        raise DatabaseError(
+            f"cannot open database {masked!r}: {reason}; check BTC_LSTM_DATABASE_URL "
+            "and that the server is running and the folder exists"
+        ) from exc
+    return engine
+
+
+def _configure_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.close()
+
+
+def _insert(connection: Connection, table: sa.Table) -> Any:
+    if connection.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    if connection.dialect.name == "sqlite":
+        return sqlite.insert(table)
+    raise DatabaseError(
+        f"unsupported database {connection.dialect.name!r}; use SQLite or Postgres"
+    )
+
+
+@dataclass(frozen=True)
+class UpsertResult:
+    """Counts of one candle upsert."""
+
+    inserted: int
+    updated: int
+    unchanged: int
+
+
+def upsert_candles(
+    engine: Engine, series: Series, candles: pd.DataFrame
+) -> UpsertResult:
+    """Insert new candles and update changed stored ones, in one transaction.
+
+    Args:
+        candles: closed candles with the columns in `CANDLE_COLUMNS`; open times
+            are tz-aware UTC and unique.
+
+    Returns:
+        How many rows were inserted, updated (revised by the source) and unchanged.
+    """
+    if candles.empty:
+        return UpsertResult(0, 0, 0)
+
+    now = dt.datetime.now(dt.UTC)
+    with engine.begin() as connection:
+        stored = _load_stored_values(connection, series, candles)
+        merged = candles.merge(
+            stored, on="open_time", how="left", suffixes=("", "_stored")
+        )
+        is_new = merged["close_stored"].isna()
+        value_columns = ["open", "high", "low", "close", "volume"]
+        differs = pd.Series(False, index=merged.index)
+        for column in value_columns:
+            differs |= merged[column] != merged[f"{column}_stored"]
+        is_changed = ~is_new & differs
+
+        to_write = merged.loc[is_new | is_changed, CANDLE_COLUMNS]
+        if not to_write.empty:
+            rows = [
+                {
+                    "exchange": series.exchange,
+                    "symbol": series.symbol,
+                    "timeframe": series.timeframe,
+                    "updated_at": now,
+                    **record,
+                }
+                for record in _records(to_write)
+            ]
+            statement = _insert(connection, ohlcv)
+            statement = statement.on_conflict_do_update(
+                index_elements=["exchange", "symbol", "timeframe", "open_time"],
+                set_={
+                    column: statement.excluded[column]
+                    for column in [*value_columns, "updated_at"]
+                },
+            )
+            connection.execute(statement, rows)
+
+    inserted = int(is_new.sum())
+    updated = int(is_changed.sum())
+    return UpsertResult(inserted, updated, len(candles) - inserted - updated)
+
+
+def _load_stored_values(
+    connection: Connection, series: Series, candles: pd.DataFrame
+) -> pd.DataFrame:
+    query = sa.select(
+        ohlcv.c.open_time,
+        ohlcv.c.open,
+        ohlcv.c.high,
+        ohlcv.c.low,
+        ohlcv.c.close,
+        ohlcv.c.volume,
+    ).where(
+        *_series_filter(ohlcv, series),
+        ohlcv.c.open_time >= candles["open_time"].min().to_pydatetime(),
+        ohlcv.c.open_time <= candles["open_time"].max().to_pydatetime(),
+    )
+    return _frame(connection.execute(query).all(), CANDLE_COLUMNS)
+
+
+def _records(candles: pd.DataFrame) -> list[dict[str, Any]]:
+    value_columns = CANDLE_COLUMNS[1:]
+    values = candles[value_columns].to_numpy(dtype="float64").tolist()
+    open_times = [moment.to_pydatetime() for moment in candles["open_time"]]
+    return [
+        {"open_time": open_time, **dict(zip(value_columns, row, strict=True))}
+        for open_time, row in zip(open_times, values, strict=True)
+    ]
+
+
+def _frame(rows: Sequence[Any], columns: list[str]) -> pd.DataFrame:
+    frame = pd.DataFrame([tuple(row) for row in rows], columns=columns)
+    if "open_time" in frame:
+        frame["open_time"] = pd.to_datetime(frame["open_time"], utc=True)
+    return frame
+
+
+def _series_filter(table: sa.Table, series: Series) -> list[sa.ColumnElement[bool]]:
+    return [
+        table.c.exchange == series.exchange,
+        table.c.symbol == series.symbol,
+        table.c.timeframe == series.timeframe,
+    ]
+
+
+def latest_open_time(engine: Engine, series: Series) -> dt.datetime | None:
+    """Return the open time of the newest stored candle of a series, or None."""
+    query = sa.select(sa.func.max(ohlcv.c.open_time)).where(
+        *_series_filter(ohlcv, series)
+    )
+    with engine.connect() as connection:
+        value = connection.execute(query).scalar_one_or_none()
+    if value is None:
+        return None
+    # func.max() loses the column type on SQLite, so the text comes back raw.
+    return UTCDateTime().process_result_value(_as_datetime(value), engine.dialect)
+
+
+def _as_datetime(value: Any) -> dt.datetime:
+    if isinstance(value, dt.datetime):
+        return value
+    return dt.datetime.fromisoformat(str(value))
+
+
+def count_candles(engine: Engine, series: Series) -> int:
+    """Return how many candles of a series are stored."""
+    query = sa.select(sa.func.count()).where(*_series_filter(ohlcv, series))
+    with engine.connect() as connection:
+        return int(connection.execute(query).scalar_one())
+
+
+def load_candles(
+    engine: Engine, series: Series, limit: int | None = None
+) -> pd.DataFrame:
+    """Return the newest `limit` candles of a series (all if None), oldest first."""
+    query = (
+        sa.select(
+            ohlcv.c.open_time,
+            ohlcv.c.open,
+            ohlcv.c.high,
+            ohlcv.c.low,
+            ohlcv.c.close,
+            ohlcv.c.volume,
+        )
+        .where(*_series_filter(ohlcv, series))
+        .order_by(ohlcv.c.open_time.desc())
+        .limit(limit)
+    )
+    with engine.connect() as connection:
+        rows = connection.execute(query).all()
+    candles = _frame(rows, CANDLE_COLUMNS)
+    return candles.iloc[::-1].reset_index(drop=True)
+
+
+def insert_model_run(engine: Engine, values: dict[str, Any]) -> int:
+    """Insert one trained model with its window, settings and metrics; return its id."""
+    with engine.begin() as connection:
+        result = connection.execute(
+            model_runs.insert().returning(model_runs.c.id), values
+        )
+        return int(result.scalar_one())
+
+
+def find_model_run(
+    engine: Engine,
+    series: Series,
+    window_end_open_time: dt.datetime,
+    hyperparameters: dict[str, Any],
+) -> int | None:
+    """Return the id of a run already trained on this window with these settings."""
+    query = (
+        sa.select(model_runs.c.id, model_runs.c.hyperparameters)
+        .where(
+            *_series_filter(model_runs, series),
+            model_runs.c.window_end_open_time == window_end_open_time,
+        )
+        .order_by(model_runs.c.id.desc())
+    )
+    with engine.connect() as connection:
+        for run_id, stored in connection.execute(query):
+            if stored == hyperparameters:
+                return int(run_id)
+    return None
+
+
+def load_latest_model_run(engine: Engine, series: Series) -> dict[str, Any] | None:
+    """Return the newest model run of a series as a dict of its columns, or None."""
+    query = (
+        sa.select(model_runs)
+        .where(*_series_filter(model_runs, series))
+        .order_by(model_runs.c.window_end_open_time.desc(), model_runs.c.id.desc())
+        .limit(1)
+    )
+    with engine.connect() as connection:
+        row = connection.execute(query).mappings().first()
+    return dict(row) if row is not None else None
+
+
+def insert_predictions(engine: Engine, rows: list[dict[str, Any]]) -> int:
+    """Insert one forecast's rows in one transaction; return how many were new.
+
+    Rows that already exist for the same model run, as-of candle and horizon step
+    are left as they are, so writing the same forecast twice adds nothing.
+    """
+    if not rows:
+        return 0
+    with engine.begin() as connection:
+        statement = _insert(connection, predictions).on_conflict_do_nothing(
+            index_elements=["model_run_id", "as_of_open_time", "horizon_step"]
+        )
+        result = connection.execute(statement.returning(predictions.c.id), rows)
+        return len(result.all())
+
+
+def forecast_exists(
+    engine: Engine, model_run_id: int, as_of_open_time: dt.datetime
+) -> bool:
+    """Return whether a model run has already forecast from this candle."""
+    query = sa.select(predictions.c.id).where(
+        predictions.c.model_run_id == model_run_id,
+        predictions.c.as_of_open_time == as_of_open_time,
+    )
+    with engine.connect() as connection:
+        return connection.execute(query.limit(1)).first() is not None
+
+
+def load_latest_forecast(engine: Engine, series: Series) -> pd.DataFrame:
+    """Return the rows of the newest forecast of a series, by horizon step.
+
+    The newest forecast is the one from the latest as-of candle, made by the newest
+    model run that forecast from it. The frame is empty when nothing was forecast.
+    """
+    newest = (
+        sa.select(predictions.c.as_of_open_time, predictions.c.model_run_id)
+        .where(*_series_filter(predictions, series))
+        .order_by(
+            predictions.c.as_of_open_time.desc(), predictions.c.model_run_id.desc()
+        )
+        .limit(1)
+    )
+    columns = [
+        "as_of_open_time",
+        "target_open_time",
+        "horizon_step",
+        "predicted_close",
+        "model_run_id",
+        "created_at",
+    ]
+    with engine.connect() as connection:
+        head = connection.execute(newest).first()
+        if head is None:
+            return pd.DataFrame(columns=columns)
+        query = (
+            sa.select(*(predictions.c[name] for name in columns))
+            .where(
+                *_series_filter(predictions, series),
+                predictions.c.as_of_open_time == head.as_of_open_time,
+                predictions.c.model_run_id == head.model_run_id,
+            )
+            .order_by(predictions.c.horizon_step)
+        )
+        rows = connection.execute(query).all()
+    return pd.DataFrame([tuple(row) for row in rows], columns=columns)
+
+
+def list_series(engine: Engine, table: sa.Table = predictions) -> list[Series]:
+    """Return the distinct series that have rows in `table`, sorted."""
+    query = (
+        sa.select(table.c.exchange, table.c.symbol, table.c.timeframe)
+        .distinct()
+        .order_by(table.c.exchange, table.c.symbol, table.c.timeframe)
+    )
+    with engine.connect() as connection:
+        return [Series(*row) for row in connection.execute(query)]

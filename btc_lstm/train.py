@@ -1,0 +1,304 @@
+"""Train stage: fit the LSTM on the rolling window of stored candles, save the run."""
+
+import datetime as dt
+import logging
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy.engine import Engine
+
+from btc_lstm.candles import Series
+from btc_lstm.errors import InsufficientHistoryError
+from btc_lstm.features import (
+    FEATURE_NAMES,
+    Standardizer,
+    Windows,
+    build_windows,
+    require_contiguous,
+)
+from btc_lstm.settings import Settings, minimum_window_candles
+from btc_lstm.store import count_candles, find_model_run, insert_model_run, load_candles
+
+logger = logging.getLogger(__name__)
+
+MINIMUM_TRAINING_SAMPLES = 10
+MINIMUM_VALIDATION_SAMPLES = 2
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """The model run that now serves a series, and whether it was trained just now."""
+
+    exchange: str
+    symbol: str
+    timeframe: str
+    model_run_id: int
+    trained: bool
+    window_end_open_time: str
+    metrics: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def model_hyperparameters(settings: Settings) -> dict[str, Any]:
+    """Return the settings that define a model, as stored in `model_runs`."""
+    return {
+        "window_candles": settings.window_candles,
+        "lookback_candles": settings.lookback_candles,
+        "horizon_candles": settings.horizon_candles,
+        "features": FEATURE_NAMES,
+        "epochs": settings.epochs,
+        "batch_size": settings.batch_size,
+        "lstm_units": settings.lstm_units,
+        "dropout": settings.dropout,
+        "learning_rate": settings.learning_rate,
+        "validation_fraction": settings.validation_fraction,
+        "early_stopping_patience": settings.early_stopping_patience,
+        "random_seed": settings.random_seed,
+    }
+
+
+def load_training_window(
+    engine: Engine, series: Series, window_candles: int
+) -> pd.DataFrame:
+    """Return the newest `window_candles` stored candles, checked to be complete.
+
+    Raises:
+        InsufficientHistoryError: fewer candles are stored, or some are missing
+            inside the window.
+    """
+    candles = load_candles(engine, series, limit=window_candles)
+    if len(candles) < window_candles:
+        stored = count_candles(engine, series)
+        raise InsufficientHistoryError(
+            f"need {window_candles} closed {series.timeframe} candles of "
+            f"{series.exchange} {series.symbol} to train, found {stored}; ingest "
+            "more history (an earlier BTC_LSTM_HISTORY_START) or lower "
+            "BTC_LSTM_WINDOW_CANDLES"
+        )
+    require_contiguous(candles, series, "training")
+    return candles
+
+
+def train_series(engine: Engine, settings: Settings, series: Series) -> TrainResult:
+    """Train a model on the newest window of a series, unless one already exists.
+
+    A model run trained on the same last candle with the same hyperparameters is
+    reused instead, so running the daily job twice trains once.
+
+    Raises:
+        InsufficientHistoryError: the window is not fully stored.
+    """
+    candles = load_training_window(engine, series, settings.window_candles)
+    window_end = candles["open_time"].iloc[-1].to_pydatetime()
+    hyperparameters = model_hyperparameters(settings)
+
+    existing_id = find_model_run(engine, series, window_end, hyperparameters)
+    if existing_id is not None:
+        logger.info(
+            "%s: model run %d already covers the window ending %s, not retraining",
+            series,
+            existing_id,
+            window_end,
+        )
+        return TrainResult(
+            exchange=series.exchange,
+            symbol=series.symbol,
+            timeframe=series.timeframe,
+            model_run_id=existing_id,
+            trained=False,
+            window_end_open_time=window_end.isoformat(),
+            metrics={},
+        )
+
+    started = time.perf_counter()
+    fitted = fit_model(candles, settings)
+    training_seconds = time.perf_counter() - started
+
+    from btc_lstm.model import KERAS_VERSION, model_to_bytes
+
+    run_id = insert_model_run(
+        engine,
+        {
+            "exchange": series.exchange,
+            "symbol": series.symbol,
+            "timeframe": series.timeframe,
+            "created_at": dt.datetime.now(dt.UTC),
+            "window_start_open_time": candles["open_time"].iloc[0].to_pydatetime(),
+            "window_end_open_time": window_end,
+            "candle_count": len(candles),
+            "hyperparameters": hyperparameters,
+            "preprocessing": fitted.preprocessing,
+            "metrics": fitted.metrics,
+            "epochs_trained": fitted.epochs_trained,
+            "training_seconds": round(training_seconds, 3),
+            "keras_version": KERAS_VERSION,
+            "model_archive": model_to_bytes(fitted.model),
+        },
+    )
+    logger.info(
+        "%s: model run %d trained on %d candles (%s..%s) in %.1f s, %d epochs; "
+        "validation MAE at step 1 is %.4g vs %.4g for last close (ratio %s)",
+        series,
+        run_id,
+        len(candles),
+        candles["open_time"].iloc[0].date(),
+        window_end.date(),
+        training_seconds,
+        fitted.epochs_trained,
+        fitted.metrics["mae_by_step"][0],
+        fitted.metrics["last_close_mae_by_step"][0],
+        _format_ratio(fitted.metrics["mae_ratio_to_last_close_step_1"]),
+    )
+    return TrainResult(
+        exchange=series.exchange,
+        symbol=series.symbol,
+        timeframe=series.timeframe,
+        model_run_id=run_id,
+        trained=True,
+        window_end_open_time=window_end.isoformat(),
+        metrics=fitted.metrics,
+    )
+
+
+def _format_ratio(ratio: float | None) -> str:
+    return "undefined" if ratio is None else f"{ratio:.3f}"
+
+
+@dataclass
+class FittedModel:
+    """A trained Keras model with what is needed to use and judge it."""
+
+    model: Any
+    preprocessing: dict[str, Any]
+    metrics: dict[str, Any]
+    epochs_trained: int
+
+
+def split_sample_count(
+    sample_count: int, validation_fraction: float, horizon: int
+) -> tuple[int, int]:
+    """Return (training samples, first validation sample) of a chronological split.
+
+    The newest samples are held out for validation. The `horizon` samples before
+    them are dropped, because their targets would reach into the validation
+    period.
+    """
+    validation_count = max(
+        MINIMUM_VALIDATION_SAMPLES, round(sample_count * validation_fraction)
+    )
+    training_count = sample_count - validation_count - horizon
+    if training_count < MINIMUM_TRAINING_SAMPLES:
+        raise InsufficientHistoryError(
+            f"only {training_count} training samples after holding out "
+            f"{validation_count} for validation; need at least "
+            f"{MINIMUM_TRAINING_SAMPLES}, so use a longer window"
+        )
+    return training_count, sample_count - validation_count
+
+
+def fit_model(candles: pd.DataFrame, settings: Settings) -> FittedModel:
+    """Fit the LSTM on contiguous candles with a chronological validation split.
+
+    The standardizers are fitted on the training samples only, and early stopping
+    restores the weights of the epoch with the lowest validation loss.
+    """
+    import keras
+
+    from btc_lstm.model import build_model, seed_everything
+
+    lookback = settings.lookback_candles
+    horizon = settings.horizon_candles
+    if len(candles) < minimum_window_candles(lookback, horizon):
+        raise InsufficientHistoryError(
+            f"need at least {minimum_window_candles(lookback, horizon)} candles for "
+            f"lookback {lookback} and horizon {horizon}, got {len(candles)}"
+        )
+    windows = build_windows(candles, lookback, horizon)
+    training_count, validation_start = split_sample_count(
+        len(windows.targets), settings.validation_fraction, horizon
+    )
+    # Training inputs cover feature rows 0 .. training_count + lookback - 2.
+    training_rows = windows.inputs[:training_count].reshape(-1, len(FEATURE_NAMES))
+    input_scaler = Standardizer.fit(training_rows)
+    target_scaler = Standardizer.fit(windows.targets[:training_count])
+
+    scaled_inputs = input_scaler.transform(windows.inputs)
+    scaled_targets = target_scaler.transform(windows.targets)
+
+    seed_everything(settings.random_seed)
+    model = build_model(
+        lookback=lookback,
+        feature_count=len(FEATURE_NAMES),
+        horizon=horizon,
+        lstm_units=settings.lstm_units,
+        dropout=settings.dropout,
+        learning_rate=settings.learning_rate,
+    )
+    early_stopping = keras.callbacks.EarlyStopping(
+        monitor="val_loss",
+        patience=settings.early_stopping_patience,
+        restore_best_weights=True,
+    )
+    history = model.fit(
+        scaled_inputs[:training_count],
+        scaled_targets[:training_count],
+        validation_data=(
+            scaled_inputs[validation_start:],
+            scaled_targets[validation_start:],
+        ),
+        epochs=settings.epochs,
+        batch_size=settings.batch_size,
+        shuffle=True,
+        callbacks=[early_stopping],
+        verbose=0,
+    )
+
+    predicted = target_scaler.inverse_transform(
+        model.predict(scaled_inputs[validation_start:], verbose=0)
+    )
+    metrics = validation_metrics(windows, validation_start, predicted)
+    metrics["training_samples"] = training_count
+    metrics["validation_loss"] = float(min(history.history["val_loss"]))
+    return FittedModel(
+        model=model,
+        preprocessing={
+            "features": FEATURE_NAMES,
+            "input_scaler": input_scaler.to_dict(),
+            "target_scaler": target_scaler.to_dict(),
+        },
+        metrics=metrics,
+        epochs_trained=len(history.history["loss"]),
+    )
+
+
+def validation_metrics(
+    windows: Windows, validation_start: int, predicted_log_returns: np.ndarray
+) -> dict[str, Any]:
+    """Return the model's and the last-close baseline's MAE in price units, by step.
+
+    The last-close baseline forecasts every future close as the anchor's close.
+    """
+    anchors = windows.anchor_closes[validation_start:, None]
+    actual = anchors * np.exp(windows.targets[validation_start:])
+    predicted = anchors * np.exp(predicted_log_returns)
+    model_mae = np.abs(predicted - actual).mean(axis=0)
+    last_close_mae = np.abs(anchors - actual).mean(axis=0)
+    return {
+        "validation_samples": int(len(anchors)),
+        "mae_by_step": [float(value) for value in model_mae],
+        "last_close_mae_by_step": [float(value) for value in last_close_mae],
+        "mae_ratio_to_last_close_step_1": _ratio(model_mae[0], last_close_mae[0]),
+        "mae_ratio_to_last_close_all_steps": _ratio(
+            model_mae.mean(), last_close_mae.mean()
+        ),
+    }
+
+
+def _ratio(numerator: float, denominator: float) -> float | None:
+    # None rather than inf or NaN, which JSON columns cannot store.
+    return float(numerator / denominator) if denominator > 0 else None

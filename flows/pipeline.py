@@ -1,0 +1,182 @@
+"""The flows `ingest`, `train`, `forecast` and `daily`, which runs the three in order.
+
+Each flow loops over its symbols so that one symbol's failure does not stop the
+others; the flow still fails at the end, with the first error as its reason.
+The database URL is never a flow parameter, so its password never reaches the
+Prefect API: it comes from BTC_LSTM_DATABASE_URL.
+"""
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.client.schemas.objects import State
+
+from btc_lstm.candles import Series
+from btc_lstm.settings import Settings, load_settings
+from flows.tasks import (
+    fetch_candles,
+    import_candle_csv,
+    prepare_database,
+    retry_delays_seconds,
+    train_model,
+    write_forecast,
+)
+
+
+@flow(name="ingest")
+def ingest(
+    symbols: list[str] | None = None,
+    exchange: str | None = None,
+    timeframe: str | None = None,
+    csv_paths: list[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Store new closed candles from the exchange, or from CSV files when given."""
+    settings = load_settings(symbols=symbols, exchange=exchange, timeframe=timeframe)
+    prepare_database(settings)
+
+    if csv_paths:
+        states = [
+            import_candle_csv(settings, path, return_state=True) for path in csv_paths
+        ]
+        return _results_or_first_error(states, csv_paths)
+
+    fetch = fetch_candles.with_options(
+        retries=settings.fetch_retries,
+        retry_delay_seconds=retry_delays_seconds(settings),
+    )
+    series_list = _series_of(settings)
+    states = [fetch(settings, series, return_state=True) for series in series_list]
+    return _results_or_first_error(states, [str(series) for series in series_list])
+
+
+@flow(name="train")
+def train(
+    symbols: list[str] | None = None,
+    exchange: str | None = None,
+    timeframe: str | None = None,
+    window_candles: int | None = None,
+    lookback_candles: int | None = None,
+    horizon_candles: int | None = None,
+    epochs: int | None = None,
+    random_seed: int | None = None,
+) -> list[dict[str, Any]]:
+    """Retrain the model of each symbol on its newest window of candles."""
+    settings = load_settings(
+        symbols=symbols,
+        exchange=exchange,
+        timeframe=timeframe,
+        window_candles=window_candles,
+        lookback_candles=lookback_candles,
+        horizon_candles=horizon_candles,
+        epochs=epochs,
+        random_seed=random_seed,
+    )
+    prepare_database(settings)
+
+    series_list = _series_of(settings)
+    states = [
+        train_model(settings, series, return_state=True) for series in series_list
+    ]
+    return _results_or_first_error(states, [str(series) for series in series_list])
+
+
+@flow(name="forecast")
+def forecast(
+    symbols: list[str] | None = None,
+    exchange: str | None = None,
+    timeframe: str | None = None,
+) -> list[dict[str, Any]]:
+    """Forecast the next closes of each symbol with its newest model."""
+    settings = load_settings(symbols=symbols, exchange=exchange, timeframe=timeframe)
+    prepare_database(settings)
+
+    series_list = _series_of(settings)
+    states = [
+        write_forecast(settings, series, return_state=True) for series in series_list
+    ]
+    return _results_or_first_error(states, [str(series) for series in series_list])
+
+
+@flow(name="daily")
+def daily(
+    symbols: list[str] | None = None,
+    exchange: str | None = None,
+    timeframe: str | None = None,
+    csv_paths: list[str] | None = None,
+    window_candles: int | None = None,
+    lookback_candles: int | None = None,
+    horizon_candles: int | None = None,
+    epochs: int | None = None,
+    random_seed: int | None = None,
+) -> dict[str, Any]:
+    """Ingest, train and forecast, in that order.
+
+    With `csv_paths`, the candles come from those files and the series to train
+    and forecast are the files' own. When the exchange cannot be reached, training
+    and forecasting still run on the candles already stored (both skip work that
+    is already done) and the run ends as failed with the ingest error.
+    """
+    if csv_paths:
+        groups = _series_groups_of_files(ingest(csv_paths=csv_paths))
+        ingest_state = None
+    else:
+        ingest_state = ingest(symbols, exchange, timeframe, return_state=True)
+        groups = [(exchange, timeframe, symbols)]
+
+    model_options = {
+        "window_candles": window_candles,
+        "lookback_candles": lookback_candles,
+        "horizon_candles": horizon_candles,
+        "epochs": epochs,
+        "random_seed": random_seed,
+    }
+    summary: dict[str, Any] = {"trained": [], "forecasts": []}
+    for group_exchange, group_timeframe, group_symbols in groups:
+        summary["trained"] += train(
+            group_symbols, group_exchange, group_timeframe, **model_options
+        )
+        summary["forecasts"] += forecast(group_symbols, group_exchange, group_timeframe)
+
+    if ingest_state is not None:
+        # Raises the ingest error, if any, now that the stored data has been used.
+        summary["ingested"] = ingest_state.result()
+    return summary
+
+
+def _series_of(settings: Settings) -> list[Series]:
+    return [
+        Series(settings.exchange, symbol, settings.timeframe)
+        for symbol in settings.symbols
+    ]
+
+
+def _series_groups_of_files(
+    results: list[dict[str, Any]],
+) -> list[tuple[str | None, str | None, list[str] | None]]:
+    symbols_by_source: dict[tuple[str, str], list[str]] = {}
+    for result in results:
+        key = (result["exchange"], result["timeframe"])
+        symbols_by_source.setdefault(key, []).append(result["symbol"])
+    return [
+        (exchange, timeframe, sorted(set(symbols)))
+        for (exchange, timeframe), symbols in symbols_by_source.items()
+    ]
+
+
+def _results_or_first_error(
+    states: list[State[Any]], subjects: list[str]
+) -> list[dict[str, Any]]:
+    """Return the tasks' results, or raise the first failure after logging each."""
+    logger = get_run_logger()
+    results = []
+    errors = []
+    for state, subject in zip(states, subjects, strict=True):
+        outcome = state.result(raise_on_failure=False)
+        if isinstance(outcome, BaseException):
+            logger.error("%s: failed: %s", subject, outcome)
+            errors.append(outcome)
+        else:
+            results.append(outcome)
+    if errors:
+        raise errors[0]
+    return results

@@ -1,0 +1,80 @@
+"""Prefect tasks: one library call each, with retries where the network is involved."""
+
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from prefect import Task, task
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import State, TaskRun
+from sqlalchemy.engine import Engine
+
+from btc_lstm.candles import Series
+from btc_lstm.errors import ExchangeUnavailableError
+from btc_lstm.ingest import import_candle_file, ingest_from_exchange
+from btc_lstm.migrate import upgrade_database
+from btc_lstm.settings import Settings
+from btc_lstm.store import create_db_engine
+
+
+@cache
+def engine_for(database_url: str) -> Engine:
+    """Return one engine per database URL for the life of the process."""
+    return create_db_engine(database_url)
+
+
+def is_temporary_failure(
+    _task: Task[Any, Any], _run: TaskRun, state: State[Any]
+) -> bool:
+    """Retry only when the exchange was unreachable, never on a permanent error."""
+    return isinstance(state.result(raise_on_failure=False), ExchangeUnavailableError)
+
+
+def retry_delays_seconds(settings: Settings) -> list[float]:
+    """Return the retry delays of a fetch: the base delay, then 3x longer each time."""
+    return [
+        settings.fetch_retry_delay_seconds * 3**attempt
+        for attempt in range(settings.fetch_retries)
+    ]
+
+
+# Tasks write to the database, so none of them may be skipped by a result cache.
+@task(cache_policy=NO_CACHE)
+def prepare_database(settings: Settings) -> None:
+    """Create or upgrade the tables before anything is written."""
+    upgrade_database(engine_for(settings.database_url))
+
+
+@task(cache_policy=NO_CACHE, retry_condition_fn=is_temporary_failure)
+def fetch_candles(settings: Settings, series: Series) -> dict[str, Any]:
+    """Fetch the new closed candles of one series from the exchange."""
+    result = ingest_from_exchange(
+        engine_for(settings.database_url),
+        series,
+        history_start=settings.history_start,
+        ccxt_config=settings.ccxt_config,
+    )
+    return result.as_dict()
+
+
+@task(cache_policy=NO_CACHE)
+def import_candle_csv(settings: Settings, path: str) -> dict[str, Any]:
+    """Import one candle CSV file."""
+    result = import_candle_file(engine_for(settings.database_url), Path(path))
+    return result.as_dict()
+
+
+@task(cache_policy=NO_CACHE)
+def train_model(settings: Settings, series: Series) -> dict[str, Any]:
+    """Train a model on the newest window of one series, or reuse the current one."""
+    from btc_lstm.train import train_series
+
+    return train_series(engine_for(settings.database_url), settings, series).as_dict()
+
+
+@task(cache_policy=NO_CACHE)
+def write_forecast(settings: Settings, series: Series) -> dict[str, Any]:
+    """Write the forecast after the newest candle of one series."""
+    from btc_lstm.forecast import forecast_series
+
+    return forecast_series(engine_for(settings.database_url), series).as_dict()
