@@ -10,7 +10,12 @@ import re
 from typing import Annotated, Any
 
 from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from btc_lstm.candles import timeframe_to_ms
 from btc_lstm.errors import ConfigError
@@ -145,6 +150,14 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**given)
     except ValidationError as exc:
         raise ConfigError(_describe_validation_error(exc)) from exc
+    except SettingsError as exc:
+        # Raised for JSON that does not parse, such as BTC_LSTM_CCXT_CONFIG={oops.
+        match = re.search(r'field "(\w+)"', str(exc))
+        name = match.group(1) if match else "settings"
+        raise ConfigError(
+            f"invalid setting {name} (env {ENV_PREFIX}{name.upper()}): not valid "
+            'JSON; write a JSON object such as {"timeout": 30000}'
+        ) from exc
 
 
 def _describe_validation_error(exc: ValidationError) -> str:

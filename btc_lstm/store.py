@@ -181,6 +181,7 @@ def create_db_engine(database_url: str) -> Engine:
         with engine.connect():
             pass
     except sa.exc.DBAPIError as exc:
+        engine.dispose()
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
         raise DatabaseError(
             f"cannot open database {masked!r}: {reason}; check BTC_LSTM_DATABASE_URL "

@@ -1,0 +1,88 @@
+import datetime as dt
+
+import pytest
+
+from btc_lstm.candles import last_closed_open_ms, timeframe_to_ms
+from btc_lstm.errors import ConfigError
+from btc_lstm.settings import load_settings
+
+DAY_MS = 86_400_000
+
+
+class TestLoadSettings:
+    def test_defaults_describe_daily_btc_on_binance(self):
+        settings = load_settings()
+
+        assert settings.exchange == "binance"
+        assert settings.symbols == ["BTC/USDT"]
+        assert settings.timeframe == "1d"
+        assert settings.window_candles == 730
+        assert settings.horizon_candles == 7
+        assert settings.database_url == "sqlite:///btc_lstm.db"
+
+    def test_environment_variables_are_read(self, monkeypatch):
+        monkeypatch.setenv("BTC_LSTM_SYMBOLS", "BTC/USDT, ETH/USDT")
+        monkeypatch.setenv("BTC_LSTM_EPOCHS", "3")
+        monkeypatch.setenv("BTC_LSTM_HISTORY_START", "2020-01-01")
+        monkeypatch.setenv("BTC_LSTM_CCXT_CONFIG", '{"timeout": 5000}')
+
+        settings = load_settings()
+
+        assert settings.symbols == ["BTC/USDT", "ETH/USDT"]
+        assert settings.epochs == 3
+        assert settings.history_start == dt.date(2020, 1, 1)
+        assert settings.ccxt_config == {"timeout": 5000}
+
+    def test_overrides_beat_environment(self, monkeypatch):
+        monkeypatch.setenv("BTC_LSTM_EPOCHS", "3")
+
+        assert load_settings(epochs=9).epochs == 9
+        assert load_settings(epochs=None).epochs == 3
+
+    def test_invalid_number_names_variable(self, monkeypatch):
+        monkeypatch.setenv("BTC_LSTM_EPOCHS", "many")
+
+        with pytest.raises(ConfigError, match="BTC_LSTM_EPOCHS"):
+            load_settings()
+
+    def test_invalid_ccxt_config_json_is_rejected(self, monkeypatch):
+        monkeypatch.setenv("BTC_LSTM_CCXT_CONFIG", "{not json")
+
+        with pytest.raises(ConfigError, match="ccxt_config"):
+            load_settings()
+
+    def test_symbol_without_quote_is_rejected(self):
+        with pytest.raises(ConfigError, match="BASE/QUOTE"):
+            load_settings(symbols=["BTCUSDT"])
+
+    def test_window_shorter_than_samples_is_rejected(self):
+        with pytest.raises(ConfigError, match="window_candles=40 is too short"):
+            load_settings(window_candles=40, lookback_candles=30, horizon_candles=7)
+
+    def test_monthly_timeframe_is_rejected(self):
+        with pytest.raises(ConfigError, match="invalid timeframe '1M'"):
+            load_settings(timeframe="1M")
+
+
+class TestTimeframes:
+    @pytest.mark.parametrize(
+        ("timeframe", "length_ms"),
+        [("1m", 60_000), ("1h", 3_600_000), ("4h", 14_400_000), ("1d", DAY_MS)],
+    )
+    def test_timeframe_length(self, timeframe, length_ms):
+        assert timeframe_to_ms(timeframe) == length_ms
+
+    @pytest.mark.parametrize("timeframe", ["", "d", "0d", "1w", "1M", "1.5h"])
+    def test_unsupported_timeframe_raises(self, timeframe):
+        with pytest.raises(ConfigError):
+            timeframe_to_ms(timeframe)
+
+    def test_todays_candle_is_not_closed(self):
+        noon_ms = 20_000 * DAY_MS + DAY_MS // 2
+
+        assert last_closed_open_ms(noon_ms, DAY_MS) == 19_999 * DAY_MS
+
+    def test_candle_closes_exactly_at_midnight(self):
+        midnight_ms = 20_000 * DAY_MS
+
+        assert last_closed_open_ms(midnight_ms, DAY_MS) == 19_999 * DAY_MS
