@@ -40,7 +40,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("btc-lstm: interrupted", file=sys.stderr)
         return 130
+    finally:
+        _close_engines()
     return result
+
+
+_engines: list[Any] = []
+
+
+def _open_engine(database_url: str) -> Any:
+    from btc_lstm.store import create_db_engine
+
+    _engines.append(create_db_engine(database_url))
+    return _engines[-1]
+
+
+def _close_engines() -> None:
+    while _engines:
+        _engines.pop().dispose()
+    if "flows.tasks" in sys.modules:
+        sys.modules["flows.tasks"].dispose_engines()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -215,27 +234,77 @@ def _model_options(arguments: argparse.Namespace) -> dict[str, Any]:
 
 
 def _csv_paths(arguments: argparse.Namespace) -> list[str] | None:
+    """Return the --csv paths as absolute paths, after reading each file once.
+
+    Reading them here reports a bad file in one line before Prefect starts.
+    """
     if not arguments.csv_paths:
         return None
+    from btc_lstm.csv_import import read_candle_csv
+
     for path in arguments.csv_paths:
-        if not path.is_file():
-            raise BtcLstmError(f"candle file not found: {path}")
+        read_candle_csv(path)
     return [str(path.resolve()) for path in arguments.csv_paths]
 
 
-def _check_settings_and_database(overrides: dict[str, Any]) -> None:
-    """Fail fast on a bad setting or database before Prefect starts."""
+def _check_before_flow(overrides: dict[str, Any], uses_exchange: bool) -> None:
+    """Fail fast on a bad setting, exchange id or database before Prefect starts."""
     from btc_lstm.settings import load_settings
-    from btc_lstm.store import create_db_engine
 
     settings = load_settings(**overrides)
-    create_db_engine(settings.database_url).dispose()
+    if uses_exchange:
+        from btc_lstm.exchange import check_exchange_id
+
+        check_exchange_id(settings.exchange)
+    _open_engine(settings.database_url)
+
+
+def _start_flows(debug: bool) -> None:
+    """Import Prefect, then keep tracebacks out of its console lines unless --debug.
+
+    The flow run's logs in the Prefect UI keep the full tracebacks; the terminal
+    shows one line per failure, and the command ends with the error message.
+    """
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    import flows.pipeline  # noqa: F401 - configures Prefect's logging
+
+    if debug:
+        return
+    loggers = [logging.getLogger()] + [
+        candidate
+        for candidate in logging.root.manager.loggerDict.values()
+        if isinstance(candidate, logging.Logger)
+    ]
+    for candidate in loggers:
+        for handler in candidate.handlers:
+            if isinstance(handler, PrefectConsoleHandler) and not isinstance(
+                handler.formatter, _TracebackFreeFormatter
+            ):
+                inner = handler.formatter or logging.Formatter()
+                handler.setFormatter(_TracebackFreeFormatter(inner))
+
+
+class _TracebackFreeFormatter(logging.Formatter):
+    """Format records as `inner` does, without exception tracebacks."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self._inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        bare = logging.makeLogRecord(record.__dict__)
+        bare.exc_info = None
+        bare.exc_text = None
+        bare.stack_info = None
+        return self._inner.format(bare)
 
 
 def _run_daily(arguments: argparse.Namespace) -> int:
     overrides = {**_series_options(arguments), **_model_options(arguments)}
     csv_paths = _csv_paths(arguments)
-    _check_settings_and_database(overrides)
+    _check_before_flow(overrides, uses_exchange=csv_paths is None)
+    _start_flows(arguments.debug)
     from flows.pipeline import daily
 
     daily(csv_paths=csv_paths, **overrides)
@@ -245,7 +314,8 @@ def _run_daily(arguments: argparse.Namespace) -> int:
 def _run_ingest(arguments: argparse.Namespace) -> int:
     overrides = _series_options(arguments)
     csv_paths = _csv_paths(arguments)
-    _check_settings_and_database(overrides)
+    _check_before_flow(overrides, uses_exchange=csv_paths is None)
+    _start_flows(arguments.debug)
     from flows.pipeline import ingest
 
     ingest(csv_paths=csv_paths, **overrides)
@@ -254,7 +324,8 @@ def _run_ingest(arguments: argparse.Namespace) -> int:
 
 def _run_train(arguments: argparse.Namespace) -> int:
     overrides = {**_series_options(arguments), **_model_options(arguments)}
-    _check_settings_and_database(overrides)
+    _check_before_flow(overrides, uses_exchange=False)
+    _start_flows(arguments.debug)
     from flows.pipeline import train
 
     train(**overrides)
@@ -263,7 +334,8 @@ def _run_train(arguments: argparse.Namespace) -> int:
 
 def _run_forecast(arguments: argparse.Namespace) -> int:
     overrides = _series_options(arguments)
-    _check_settings_and_database(overrides)
+    _check_before_flow(overrides, uses_exchange=False)
+    _start_flows(arguments.debug)
     from flows.pipeline import forecast
 
     forecast(**overrides)
@@ -273,9 +345,8 @@ def _run_forecast(arguments: argparse.Namespace) -> int:
 def _open_database(upgrade: bool) -> Any:
     from btc_lstm.migrate import require_current_schema, upgrade_database
     from btc_lstm.settings import load_settings
-    from btc_lstm.store import create_db_engine
 
-    engine = create_db_engine(load_settings().database_url)
+    engine = _open_engine(load_settings().database_url)
     if upgrade:
         upgrade_database(engine)
     else:
@@ -350,10 +421,10 @@ def _series_columns(series: Any) -> dict[str, str]:
 def _upgrade_database(arguments: argparse.Namespace) -> int:
     from btc_lstm.migrate import current_revision, upgrade_database
     from btc_lstm.settings import load_settings
-    from btc_lstm.store import create_db_engine, mask_database_url
+    from btc_lstm.store import mask_database_url
 
     database_url = load_settings().database_url
-    engine = create_db_engine(database_url)
+    engine = _open_engine(database_url)
     upgrade_database(engine, arguments.revision)
     print(
         f"{mask_database_url(database_url)}: schema at revision "
@@ -365,10 +436,10 @@ def _upgrade_database(arguments: argparse.Namespace) -> int:
 def _downgrade_database(arguments: argparse.Namespace) -> int:
     from btc_lstm.migrate import current_revision, downgrade_database
     from btc_lstm.settings import load_settings
-    from btc_lstm.store import create_db_engine, mask_database_url
+    from btc_lstm.store import mask_database_url
 
     database_url = load_settings().database_url
-    engine = create_db_engine(database_url)
+    engine = _open_engine(database_url)
     downgrade_database(engine, arguments.revision)
     print(
         f"{mask_database_url(database_url)}: schema at revision "
@@ -380,9 +451,8 @@ def _downgrade_database(arguments: argparse.Namespace) -> int:
 def _print_revision(arguments: argparse.Namespace) -> int:
     from btc_lstm.migrate import current_revision, head_revision
     from btc_lstm.settings import load_settings
-    from btc_lstm.store import create_db_engine
 
-    engine = create_db_engine(load_settings().database_url)
+    engine = _open_engine(load_settings().database_url)
     current = current_revision(engine)
     print(f"current: {current or 'none (empty database)'}; newest: {head_revision()}")
     return 0

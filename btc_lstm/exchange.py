@@ -21,8 +21,8 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def create_exchange(exchange_id: str, ccxt_config: dict[str, Any]) -> ccxt.Exchange:
-    """Create a ccxt exchange with rate limiting on and `ccxt_config` applied on top.
+def check_exchange_id(exchange_id: str) -> None:
+    """Check that ccxt supports an exchange id.
 
     Raises:
         UnknownExchangeError: ccxt has no exchange with this id.
@@ -32,6 +32,15 @@ def create_exchange(exchange_id: str, ccxt_config: dict[str, Any]) -> ccxt.Excha
             f"unknown exchange id {exchange_id!r}; use a ccxt id such as binance, "
             "kraken or coinbase (the full list is ccxt.exchanges)"
         )
+
+
+def create_exchange(exchange_id: str, ccxt_config: dict[str, Any]) -> ccxt.Exchange:
+    """Create a ccxt exchange with rate limiting on and `ccxt_config` applied on top.
+
+    Raises:
+        UnknownExchangeError: ccxt has no exchange with this id.
+    """
+    check_exchange_id(exchange_id)
     exchange_class = getattr(ccxt, exchange_id)
     exchange: ccxt.Exchange = exchange_class({"enableRateLimit": True, **ccxt_config})
     return exchange

@@ -117,8 +117,8 @@ def daily(
     is already done) and the run ends as failed with the ingest error.
     """
     if csv_paths:
-        groups = _series_groups_of_files(ingest(csv_paths=csv_paths))
-        ingest_state = None
+        ingest_state = ingest(csv_paths=csv_paths, return_state=True)
+        groups = _series_groups_of_files(ingest_state.result())
     else:
         ingest_state = ingest(symbols, exchange, timeframe, return_state=True)
         groups = [(exchange, timeframe, symbols)]
@@ -130,17 +130,29 @@ def daily(
         "epochs": epochs,
         "random_seed": random_seed,
     }
-    summary: dict[str, Any] = {"trained": [], "forecasts": []}
+    train_states = []
+    forecast_states = []
     for group_exchange, group_timeframe, group_symbols in groups:
-        summary["trained"] += train(
-            group_symbols, group_exchange, group_timeframe, **model_options
+        train_states.append(
+            train(
+                group_symbols,
+                group_exchange,
+                group_timeframe,
+                **model_options,
+                return_state=True,
+            )
         )
-        summary["forecasts"] += forecast(group_symbols, group_exchange, group_timeframe)
+        forecast_states.append(
+            forecast(group_symbols, group_exchange, group_timeframe, return_state=True)
+        )
 
-    if ingest_state is not None:
-        # Raises the ingest error, if any, now that the stored data has been used.
-        summary["ingested"] = ingest_state.result()
-    return summary
+    # Each .result() raises its flow's error, so the run fails with the first
+    # failure in pipeline order: an exchange outage before its consequences.
+    return {
+        "ingested": ingest_state.result(),
+        "trained": [row for state in train_states for row in state.result()],
+        "forecasts": [row for state in forecast_states for row in state.result()],
+    }
 
 
 def _series_of(settings: Settings) -> list[Series]:

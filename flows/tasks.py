@@ -1,6 +1,6 @@
 """Prefect tasks: one library call each, with retries where the network is involved."""
 
-from functools import cache
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +16,28 @@ from btc_lstm.migrate import upgrade_database
 from btc_lstm.settings import Settings
 from btc_lstm.store import create_db_engine
 
+_engines: dict[str, Engine] = {}
+_engines_lock = threading.Lock()
 
-@cache
+
 def engine_for(database_url: str) -> Engine:
-    """Return one engine per database URL for the life of the process."""
-    return create_db_engine(database_url)
+    """Return one engine per database URL for the life of the process.
+
+    Tasks run in worker threads, so the engine, and its connection pool, is
+    shared between them instead of being opened by each task.
+    """
+    with _engines_lock:
+        if database_url not in _engines:
+            _engines[database_url] = create_db_engine(database_url)
+        return _engines[database_url]
+
+
+def dispose_engines() -> None:
+    """Close every engine that `engine_for` opened."""
+    with _engines_lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()
 
 
 def is_temporary_failure(

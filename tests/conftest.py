@@ -75,7 +75,7 @@ def engine(database_url: str, open_engine: Callable[[str], Engine]) -> Engine:
 
 
 def require_shared_file(name: str) -> Path:
-    """Return a file of the shared candle data, skipping (failing under CI) if absent."""
+    """Return a shared candle file; skip the test if absent, or fail under CI."""
     path = SHARED_CANDLES / name
     if path.is_file():
         return path
@@ -113,3 +113,24 @@ def make_candles(
             "volume": 1000.0,
         }
     )
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """Run flows against one temporary Prefect server for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def flow_environment(
+    prefect_harness: None, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """Point the flows at this test's database; close their engines afterwards."""
+    from flows.tasks import dispose_engines
+
+    monkeypatch.setenv("BTC_LSTM_DATABASE_URL", database_url)
+    yield database_url
+    dispose_engines()

@@ -119,7 +119,9 @@ class TestRejectedFiles:
         text = CRYPTODATADOWNLOAD_ROWS.replace("2450.0,2520.0", "-2450.0,2520.0")
         path = write(tmp_path, "Binance_ETHUSDT_d.csv", text)
 
-        with pytest.raises(CsvFormatError, match="2025-02-24 00:00: price not positive"):
+        with pytest.raises(
+            CsvFormatError, match="2025-02-24 00:00: price not positive"
+        ):
             read_candle_csv(path)
 
     def test_high_below_close(self, tmp_path):

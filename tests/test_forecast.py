@@ -29,7 +29,9 @@ def small_settings(**overrides):
 
 def count_predictions(engine):
     with engine.connect() as connection:
-        return connection.execute(sa.select(sa.func.count()).select_from(predictions)).scalar_one()
+        return connection.execute(
+            sa.select(sa.func.count()).select_from(predictions)
+        ).scalar_one()
 
 
 @pytest.fixture
@@ -83,7 +85,9 @@ def test_new_candle_gets_new_forecast(engine, trained):
     assert result.rows_written == 3
     assert count_predictions(engine) == 6
     newest = load_latest_forecast(engine, SERIES)
-    assert newest["as_of_open_time"].iloc[0] == candles["open_time"].iloc[-1] + pd.Timedelta(days=1)
+    assert newest["as_of_open_time"].iloc[0] == candles["open_time"].iloc[
+        -1
+    ] + pd.Timedelta(days=1)
 
 
 def test_same_seed_gives_same_forecast(engine, open_engine, tmp_path):
@@ -97,6 +101,8 @@ def test_same_seed_gives_same_forecast(engine, open_engine, tmp_path):
         upsert_candles(other, SERIES, candles)
         train_series(other, small_settings(), SERIES)
         forecast_series(other, SERIES)
-        forecasts.append(load_latest_forecast(other, SERIES)["predicted_close"].tolist())
+        forecasts.append(
+            load_latest_forecast(other, SERIES)["predicted_close"].tolist()
+        )
 
     assert forecasts[0] == forecasts[1]

@@ -152,4 +152,6 @@ class TestUpsertCandles:
 
         upsert_candles(engine, SERIES, make_candles(10))
 
-        assert latest_open_time(engine, SERIES) == dt.datetime(2022, 1, 10, tzinfo=dt.UTC)
+        assert latest_open_time(engine, SERIES) == dt.datetime(
+            2022, 1, 10, tzinfo=dt.UTC
+        )

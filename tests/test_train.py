@@ -107,15 +107,18 @@ class TestTrainSeries:
         with pytest.raises(InsufficientHistoryError) as error:
             train_series(engine, small_settings(), SERIES)
 
-        assert "need 120 closed 1d candles of binance BTC/USDT to train, found 60" in str(
-            error.value
+        assert (
+            "need 120 closed 1d candles of binance BTC/USDT to train, found 60"
+            in str(error.value)
         )
 
     def test_gap_in_window_is_reported(self, engine):
         candles = make_candles(130).drop(index=[100, 101]).reset_index(drop=True)
         upsert_candles(engine, SERIES, candles)
 
-        with pytest.raises(InsufficientHistoryError, match="2 candles missing") as error:
+        with pytest.raises(
+            InsufficientHistoryError, match="2 candles missing"
+        ) as error:
             train_series(engine, small_settings(), SERIES)
 
         assert "first 2022-04-11 00:00 UTC" in str(error.value)

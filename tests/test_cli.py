@@ -1,0 +1,158 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from btc_lstm.candles import Series
+from btc_lstm.cli import main
+from btc_lstm.store import load_candles
+
+HEAVY_MODULES = ("tensorflow", "keras", "prefect")
+BTC = Series("binance", "BTC/USDT", "1d")
+
+
+def loaded_modules_after(arguments, cwd, env_url):
+    """Run the CLI in a fresh interpreter; return which heavy modules it imported."""
+    script = (
+        "import sys\n"
+        "from btc_lstm.cli import main\n"
+        "try:\n"
+        f"    main({arguments!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        f"print(sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules))\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=cwd,
+        env={"BTC_LSTM_DATABASE_URL": env_url, "PATH": ""},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(completed.stdout.strip().splitlines()[-1].replace("'", '"'))
+
+
+class TestFastPath:
+    @pytest.mark.parametrize(
+        "arguments",
+        [
+            ["--help"],
+            ["db", "upgrade"],
+            ["db", "current"],
+            ["predictions"],
+        ],
+    )
+    def test_command_imports_neither_tensorflow_nor_prefect(
+        self, arguments, database_url, tmp_path
+    ):
+        loaded = loaded_modules_after(arguments, tmp_path, database_url)
+
+        assert loaded == []
+
+    def test_import_csv_skips_tensorflow(self, database_url, tmp_path, btc_csv):
+        loaded = loaded_modules_after(
+            ["import-csv", str(btc_csv)], tmp_path, database_url
+        )
+
+        assert loaded == []
+
+
+class TestErrors:
+    def run(self, capsys, *arguments):
+        code = main(list(arguments))
+        return code, capsys.readouterr().err.strip()
+
+    def test_unknown_exchange_id(self, capsys, database_url):
+        code, error = self.run(
+            capsys, "run", "--database-url", database_url, "--exchange", "binanse"
+        )
+
+        assert code == 1
+        assert error == (
+            "btc-lstm: error: unknown exchange id 'binanse'; use a ccxt id such as "
+            "binance, kraken or coinbase (the full list is ccxt.exchanges)"
+        )
+
+    def test_csv_that_is_not_ohlcv(self, capsys, database_url, tmp_path):
+        path = tmp_path / "people.csv"
+        path.write_text("name,age\nada,36\nalan,41\n")
+
+        code, error = self.run(
+            capsys, "run", "--database-url", database_url, "--csv", str(path)
+        )
+
+        assert code == 1
+        assert error.startswith("btc-lstm: error: ")
+        assert "not an OHLCV file, found columns name, age" in error
+        assert "\n" not in error
+
+    def test_database_that_cannot_be_opened(self, capsys, tmp_path):
+        url = f"sqlite:///{tmp_path / 'missing' / 'db.sqlite'}"
+
+        code, error = self.run(capsys, "predictions", "--database-url", url)
+
+        assert code == 1
+        assert "btc-lstm: error: cannot open database" in error
+        assert "\n" not in error
+
+    def test_invalid_setting_names_variable(self, capsys, monkeypatch, database_url):
+        monkeypatch.setenv("BTC_LSTM_EPOCHS", "lots")
+
+        code, error = self.run(capsys, "train", "--database-url", database_url)
+
+        assert code == 1
+        assert "BTC_LSTM_EPOCHS" in error
+
+    def test_predictions_before_upgrade(self, capsys, database_url):
+        code, error = self.run(capsys, "predictions", "--database-url", database_url)
+
+        assert code == 1
+        assert "run `btc-lstm db upgrade` first" in error
+
+    def test_import_keeps_stored_rows_when_file_is_bad(
+        self, capsys, database_url, open_engine, tmp_path, btc_csv
+    ):
+        assert main(["import-csv", "--database-url", database_url, str(btc_csv)]) == 0
+        broken = tmp_path / "Binance_BTCUSDT_d.csv"
+        lines = btc_csv.read_text().splitlines()
+        lines[5] = lines[5].replace("BTCUSDT,", "BTCUSDT,-")
+        broken.write_text("\n".join(lines))
+        capsys.readouterr()
+
+        code, error = self.run(
+            capsys, "import-csv", "--database-url", database_url, str(broken)
+        )
+
+        stored = load_candles(open_engine(database_url), BTC)
+        assert code == 1
+        assert "price not positive" in error
+        assert len(stored) == 2769
+        assert (stored["open"] > 0).all()
+
+
+@pytest.mark.slow
+class TestRunCommand:
+    def test_too_little_history_says_how_much(self, capsys, flow_environment, btc_csv):
+        code = main(["run", "--csv", str(btc_csv), "--window-candles", "5000"])
+
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert code == 1
+        assert error == (
+            "btc-lstm: error: need 5000 closed 1d candles of binance BTC/USDT to "
+            "train, found 2769; ingest more history (an earlier "
+            "BTC_LSTM_HISTORY_START) or lower BTC_LSTM_WINDOW_CANDLES"
+        )
+
+    def test_run_then_print_predictions(self, capsys, flow_environment, btc_csv):
+        assert main(["run", "--csv", str(btc_csv), "--epochs", "2"]) == 0
+        capsys.readouterr()
+
+        assert main(["predictions", "--format", "json"]) == 0
+
+        rows = json.loads(capsys.readouterr().out)
+        assert [row["horizon_step"] for row in rows] == list(range(1, 8))
+        assert rows[0]["symbol"] == "BTC/USDT"
+        assert rows[0]["target_open_time"].startswith("2025-03-17")
+        assert rows[-1]["target_open_time"].startswith("2025-03-23")

@@ -1,0 +1,143 @@
+"""Real Prefect flow runs against a temporary Prefect server and a real database."""
+
+import datetime as dt
+import json
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from btc_lstm.candles import Series, datetime_to_ms
+from btc_lstm.csv_import import read_candle_csv
+from btc_lstm.errors import ExchangeUnavailableError, UnknownSymbolError
+from btc_lstm.store import (
+    count_candles,
+    load_candles,
+    load_latest_forecast,
+    model_runs,
+    ohlcv,
+    predictions,
+)
+from flows.pipeline import daily, ingest
+from tests.conftest import make_candles
+from tests.exchange_server import BinanceState, binance_ccxt_config, run_binance_server
+
+pytestmark = pytest.mark.slow
+
+BTC = Series("binance", "BTC/USDT", "1d")
+SMALL_MODEL = {
+    "window_candles": 120,
+    "lookback_candles": 10,
+    "horizon_candles": 3,
+    "epochs": 2,
+}
+
+
+def row_count(engine, table):
+    with engine.connect() as connection:
+        query = sa.select(sa.func.count()).select_from(table)
+        return connection.execute(query).scalar_one()
+
+
+@pytest.fixture
+def binance_until_now(monkeypatch):
+    """Serve 200 daily BTC/USDT candles whose last one opened today (still open)."""
+    today = pd.Timestamp.now(tz="UTC").normalize()
+    start = today - pd.Timedelta(days=199)
+    candles = make_candles(200, start=start.isoformat())
+    state = BinanceState(markets={"BTCUSDT": ("BTC", "USDT", candles)})
+    state.now_ms = datetime_to_ms(dt.datetime.now(dt.UTC))
+    with run_binance_server(state) as api_url:
+        monkeypatch.setenv(
+            "BTC_LSTM_CCXT_CONFIG", json.dumps(binance_ccxt_config(api_url))
+        )
+        monkeypatch.setenv("BTC_LSTM_HISTORY_START", start.date().isoformat())
+        monkeypatch.setenv("BTC_LSTM_FETCH_RETRIES", "1")
+        monkeypatch.setenv("BTC_LSTM_FETCH_RETRY_DELAY_SECONDS", "0")
+        yield state, candles
+
+
+class TestDailyOnSharedFile:
+    def test_daily_flow_on_real_btc_file(self, flow_environment, open_engine, btc_csv):
+        engine = open_engine(flow_environment)
+
+        summary = daily(csv_paths=[str(btc_csv)], epochs=2)
+
+        file_days = read_candle_csv(btc_csv).candles["open_time"]
+        stored = load_candles(engine, BTC)
+        assert list(stored["open_time"]) == list(file_days)
+
+        forecast = load_latest_forecast(engine, BTC)
+        last_day = pd.Timestamp("2025-03-16", tz="UTC")
+        assert list(forecast["target_open_time"]) == [
+            last_day + pd.Timedelta(days=step) for step in range(1, 8)
+        ]
+        assert (forecast["as_of_open_time"] == last_day).all()
+        assert forecast["predicted_close"].map(pd.notna).all()
+        assert (forecast["predicted_close"] > 0).all()
+        assert forecast["predicted_close"].between(1_000, 1_000_000).all()
+        run_ids = {result["model_run_id"] for result in summary["trained"]}
+        assert set(forecast["model_run_id"]) == run_ids
+
+        daily(csv_paths=[str(btc_csv)], epochs=2)
+
+        assert row_count(engine, ohlcv) == 2769
+        assert row_count(engine, model_runs) == 1
+        assert row_count(engine, predictions) == 7
+
+
+class TestDailyThroughExchange:
+    def test_forecasts_day_after_last_closed_candle(
+        self, flow_environment, open_engine, binance_until_now
+    ):
+        engine = open_engine(flow_environment)
+        _, candles = binance_until_now
+
+        daily(**SMALL_MODEL)
+
+        yesterday = candles["open_time"].iloc[-2]
+        assert count_candles(engine, BTC) == 199
+        forecast = load_latest_forecast(engine, BTC)
+        assert (forecast["as_of_open_time"] == yesterday).all()
+        assert list(forecast["target_open_time"]) == [
+            yesterday + pd.Timedelta(days=step) for step in (1, 2, 3)
+        ]
+
+    def test_second_run_adds_no_rows(
+        self, flow_environment, open_engine, binance_until_now
+    ):
+        engine = open_engine(flow_environment)
+        daily(**SMALL_MODEL)
+        counts = [
+            row_count(engine, table) for table in (ohlcv, model_runs, predictions)
+        ]
+
+        daily(**SMALL_MODEL)
+
+        assert [
+            row_count(engine, table) for table in (ohlcv, model_runs, predictions)
+        ] == counts
+
+    def test_exchange_down_fails_after_retries(
+        self, flow_environment, open_engine, binance_until_now
+    ):
+        state, _ = binance_until_now
+        state.failure = (503, "<html>Service Unavailable</html>")
+
+        with pytest.raises(ExchangeUnavailableError, match="exchange unreachable"):
+            daily(**SMALL_MODEL)
+
+        # One try plus BTC_LSTM_FETCH_RETRIES=1 retry, each stopping at exchangeInfo.
+        assert state.requests == ["/api/v3/exchangeInfo"] * 2
+
+    def test_bad_symbol_is_not_retried_and_spares_others(
+        self, flow_environment, open_engine, binance_until_now
+    ):
+        engine = open_engine(flow_environment)
+        state, _ = binance_until_now
+
+        with pytest.raises(UnknownSymbolError, match="DOGE/EUR"):
+            ingest(symbols=["DOGE/EUR", "BTC/USDT"])
+
+        assert count_candles(engine, BTC) == 199
+        assert state.requests.count("/api/v3/exchangeInfo") == 2
