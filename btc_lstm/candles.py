@@ -86,9 +86,10 @@ PRICE_COLUMNS = ["open", "high", "low", "close"]
 def find_invalid_candles(candles: pd.DataFrame, timeframe_ms: int) -> pd.Series:
     """Return a reason per invalid row of a candle frame, empty where the row is valid.
 
-    A row is invalid when a price or the volume is missing or not finite, a price is
-    not positive, the volume is negative, the high is below another price or the low
-    above one, or the open time is not a multiple of the timeframe since the epoch.
+    A row is invalid when a price or the volume is missing or not finite, when a
+    price is not positive, or when the volume is negative. It is also invalid when
+    the high is below another price, the low is above one, or the open time is not
+    a multiple of the timeframe since the epoch.
     """
     reasons = pd.Series("", index=candles.index, dtype="object")
     values = candles[PRICE_COLUMNS + ["volume"]].astype("float64")

@@ -262,7 +262,7 @@ def _check_before_flow(overrides: dict[str, Any], uses_exchange: bool) -> None:
 def _start_flows(debug: bool) -> None:
     """Import Prefect, then keep tracebacks out of its console lines unless --debug.
 
-    The flow run's logs in the Prefect UI keep the full tracebacks; the terminal
+    The flow run's logs in the Prefect UI keep the full tracebacks. The terminal
     shows one line per failure, and the command ends with the error message.
     """
     from prefect.logging.handlers import PrefectConsoleHandler

@@ -197,7 +197,7 @@ def _infer_timeframe(candles: pd.DataFrame, path: Path) -> str:
     step_ms = int(round(steps_seconds.mode().iloc[0] * 1000))
     if step_ms not in _TIMEFRAME_BY_MS:
         raise CsvFormatError(
-            f"{path}: candles are {step_ms} ms apart, which is no supported timeframe; "
+            f"{path}: unsupported timeframe, candles are {step_ms} ms apart; "
             "expected minutes, hours or days such as 1h, 4h or 1d"
         )
     return _TIMEFRAME_BY_MS[step_ms]

@@ -114,8 +114,8 @@ def fetch_closed_candles(
     """Page through `fetch_ohlcv` from `since_ms` until the newest closed candle.
 
     The candle that is still open at `now_ms` is never returned. Pages are merged,
-    sorted and deduplicated by open time, because some exchanges answer with
-    overlapping pages or newest first.
+    sorted and deduplicated by open time, because some exchanges return
+    overlapping pages or put the newest candle first.
 
     Args:
         since_ms: open time of the first candle wanted, Unix milliseconds.

@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class IngestResult:
-    """What one ingest of one series stored."""
+    """Counts and time range of one ingest of one series."""
 
     exchange: str
     symbol: str

@@ -145,9 +145,9 @@ def load_settings(**overrides: Any) -> Settings:
         ConfigError: a value is invalid; the message names the setting and its
             environment variable.
     """
-    given = {name: value for name, value in overrides.items() if value is not None}
+    explicit = {name: value for name, value in overrides.items() if value is not None}
     try:
-        return Settings(**given)
+        return Settings(**explicit)
     except ValidationError as exc:
         raise ConfigError(_describe_validation_error(exc)) from exc
     except SettingsError as exc:

@@ -1,7 +1,7 @@
 """The flows `ingest`, `train`, `forecast` and `daily`, which runs the three in order.
 
 Each flow loops over its symbols so that one symbol's failure does not stop the
-others; the flow still fails at the end, with the first error as its reason.
+others. The flow still fails at the end, with the first error as its reason.
 The database URL is never a flow parameter, so its password never reaches the
 Prefect API: it comes from BTC_LSTM_DATABASE_URL.
 """

@@ -1,4 +1,4 @@
-"""A loopback HTTP server that answers like Binance's spot REST API.
+"""A loopback HTTP server that imitates Binance's spot REST API.
 
 It serves `GET /api/v3/exchangeInfo` and `GET /api/v3/klines` in Binance's own JSON
 format, so ccxt's real HTTP client and parsers run against it. Candles come from
@@ -33,7 +33,7 @@ class BinanceState:
     markets: dict[str, tuple[str, str, pd.DataFrame]] = field(default_factory=dict)
     now_ms: int = 0
     requests: list[str] = field(default_factory=list)
-    # Answer every request with this HTTP status and body instead, when set.
+    # When set, every request gets this HTTP status and body instead.
     failure: tuple[int, str] | None = None
 
 

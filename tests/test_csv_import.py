@@ -162,5 +162,5 @@ class TestRejectedFiles:
         )
         path = write(tmp_path, "candles.csv", text)
 
-        with pytest.raises(CsvFormatError, match="no supported timeframe"):
+        with pytest.raises(CsvFormatError, match="unsupported timeframe"):
             read_candle_csv(path, exchange="binance", symbol="BTC/USDT")

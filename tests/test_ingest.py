@@ -57,7 +57,7 @@ class TestIngestFromExchange:
 
         ingest_from_exchange(engine, SERIES, START, config, state.now_ms)
 
-        # Binance answers 500 klines per request by default.
+        # Binance returns at most 500 klines per request unless a limit is given.
         assert len(klines_requests(state)) == 3
 
     def test_stored_prices_match_exchange(self, engine, binance):
