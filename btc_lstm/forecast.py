@@ -17,6 +17,7 @@ from btc_lstm.store import (
     insert_predictions,
     load_candles,
     load_latest_model_run,
+    series_lock,
 )
 
 logger = logging.getLogger(__name__)
@@ -48,6 +49,11 @@ def forecast_series(engine: Engine, series: Series) -> ForecastResult:
         InsufficientHistoryError: fewer than lookback + 1 contiguous candles are
             stored.
     """
+    with series_lock(engine, series):
+        return _forecast_unless_stored(engine, series)
+
+
+def _forecast_unless_stored(engine: Engine, series: Series) -> ForecastResult:
     run = load_latest_model_run(engine, series)
     if run is None:
         raise ModelNotFoundError(
@@ -91,8 +97,6 @@ def forecast_series(engine: Engine, series: Series) -> ForecastResult:
         }
         for step, close in zip(range(1, horizon + 1), predicted_closes, strict=True)
     ]
-    # A concurrent run may have written the same forecast since the check above;
-    # the unique constraint then makes this insert write nothing.
     written = insert_predictions(engine, rows)
     logger.info(
         "%s: model run %d forecast %d closes after %s: %s",

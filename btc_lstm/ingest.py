@@ -13,7 +13,7 @@ from sqlalchemy.engine import Engine
 from btc_lstm.candles import Series, datetime_to_ms, find_invalid_candles
 from btc_lstm.csv_import import read_candle_csv
 from btc_lstm.exchange import check_market, create_exchange, fetch_closed_candles
-from btc_lstm.store import latest_open_time, upsert_candles
+from btc_lstm.store import latest_open_time, series_lock, upsert_candles
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,19 @@ def ingest_from_exchange(
     exchange = create_exchange(series.exchange, ccxt_config)
     check_market(exchange, series)
 
+    # A second run of the same series waits here, then fetches only what the
+    # first one did not store.
+    with series_lock(engine, series):
+        return _fetch_and_store(engine, series, exchange, history_start, now_ms)
+
+
+def _fetch_and_store(
+    engine: Engine,
+    series: Series,
+    exchange: Any,
+    history_start: dt.date,
+    now_ms: int,
+) -> IngestResult:
     newest_stored = latest_open_time(engine, series)
     if newest_stored is None:
         start = dt.datetime.combine(history_start, dt.time(), tzinfo=dt.UTC)
@@ -81,7 +94,8 @@ def import_candle_file(
             is stored then.
     """
     candle_file = read_candle_csv(path, exchange=exchange, symbol=symbol)
-    return _store(engine, candle_file.series, candle_file.candles, source=path.name)
+    with series_lock(engine, candle_file.series):
+        return _store(engine, candle_file.series, candle_file.candles, source=path.name)
 
 
 def _store(

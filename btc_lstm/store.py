@@ -6,9 +6,13 @@ the two do not drift.
 """
 
 import datetime as dt
+import fcntl
+import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -177,6 +181,7 @@ def create_db_engine(database_url: str) -> Engine:
         ) from exc
     if engine.dialect.name == "sqlite":
         sa.event.listen(engine, "connect", _configure_sqlite_connection)
+        sa.event.listen(engine, "begin", _begin_sqlite_immediately)
     try:
         with engine.connect():
             pass
@@ -191,11 +196,55 @@ def create_db_engine(database_url: str) -> Engine:
 
 
 def _configure_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
+    # Let SQLAlchemy's "begin" event open transactions instead of the sqlite3
+    # module, which would otherwise run DDL, such as migrations, outside of one.
+    # See: https://docs.sqlalchemy.org/en/20/dialects/sqlite.html#serializable-isolation-savepoints-transactional-ddl
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.close()
+
+
+def _begin_sqlite_immediately(connection: Connection) -> None:
+    # BEGIN IMMEDIATE takes the write lock up front, so a second writer waits for
+    # the busy timeout instead of failing when its read snapshot turns stale.
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+@contextmanager
+def series_lock(engine: Engine, series: Series) -> Iterator[None]:
+    """Hold an exclusive lock on one series across processes, waiting for it.
+
+    Postgres uses a session-level advisory lock, so runs on different machines
+    exclude each other. SQLite uses an advisory file lock beside the database
+    file, which covers the processes of one machine, the only ones that can share
+    a SQLite file safely. An in-memory SQLite database takes no lock.
+    """
+    digest = hashlib.sha256(str(series).encode()).digest()
+    key = int.from_bytes(digest[:8], "big", signed=True)
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as connection:
+            connection.execute(sa.select(sa.func.pg_advisory_lock(key)))
+            try:
+                yield
+            finally:
+                connection.execute(sa.select(sa.func.pg_advisory_unlock(key)))
+                connection.commit()
+        return
+
+    database_path = engine.url.database
+    if not database_path or database_path == ":memory:":
+        yield
+        return
+    lock_path = Path(f"{database_path}.{digest[:6].hex()}.lock")
+    with lock_path.open("a") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
 def _insert(connection: Connection, table: sa.Table) -> Any:

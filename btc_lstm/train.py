@@ -20,7 +20,13 @@ from btc_lstm.features import (
     require_contiguous,
 )
 from btc_lstm.settings import Settings, minimum_window_candles
-from btc_lstm.store import count_candles, find_model_run, insert_model_run, load_candles
+from btc_lstm.store import (
+    count_candles,
+    find_model_run,
+    insert_model_run,
+    load_candles,
+    series_lock,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -90,9 +96,19 @@ def train_series(engine: Engine, settings: Settings, series: Series) -> TrainRes
     A model run trained on the same last candle with the same hyperparameters is
     reused instead, so running the daily job twice trains once.
 
+    Concurrent calls for the same series run one after the other, so the second
+    finds the first one's model run instead of training a duplicate.
+
     Raises:
         InsufficientHistoryError: the window is not fully stored.
     """
+    with series_lock(engine, series):
+        return _train_unless_trained(engine, settings, series)
+
+
+def _train_unless_trained(
+    engine: Engine, settings: Settings, series: Series
+) -> TrainResult:
     candles = load_training_window(engine, series, settings.window_candles)
     window_end = candles["open_time"].iloc[-1].to_pydatetime()
     hyperparameters = model_hyperparameters(settings)
