@@ -141,3 +141,38 @@ class TestDailyThroughExchange:
 
         assert count_candles(engine, BTC) == 199
         assert state.requests.count("/api/v3/exchangeInfo") == 2
+
+
+class TestSecrets:
+    def test_database_password_stays_out_of_prefect(
+        self, flow_environment, monkeypatch, btc_csv
+    ):
+        from prefect.client.orchestration import get_client
+        from prefect.logging.handlers import APILogHandler
+
+        url = sa.make_url(flow_environment)
+        if url.get_backend_name() == "postgresql":
+            # Trust authentication ignores the password, so any value connects.
+            url = url.set(password="hunter2-secret")
+            secret = "hunter2-secret"
+        else:
+            secret = str(url.database)
+        monkeypatch.setenv(
+            "BTC_LSTM_DATABASE_URL", url.render_as_string(hide_password=False)
+        )
+
+        daily(csv_paths=[str(btc_csv)], **SMALL_MODEL)
+
+        APILogHandler().flush()
+        logs = []
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs(limit=200)
+            # The API returns at most 200 log lines per request.
+            while page := client.read_logs(limit=200, offset=len(logs)):
+                logs.extend(page)
+        assert runs
+        assert logs
+        for run in runs:
+            assert secret not in json.dumps(run.parameters, default=str)
+        for log in logs:
+            assert secret not in log.message
