@@ -6,6 +6,7 @@ Prefect.
 """
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -42,6 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         _close_engines()
+        _remove_stderr_handler()
     return result
 
 
@@ -111,7 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     import_csv = add_command(
         "import-csv", "store the candles of CSV files, without Prefect"
     )
-    import_csv.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    import_csv.add_argument(
+        "paths", nargs="+", type=Path, metavar="PATH", help="candle CSV file"
+    )
     import_csv.add_argument(
         "--exchange", help="ccxt id of the source (default: from the file name)"
     )
@@ -125,7 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     predictions.add_argument("--symbol", help="only this symbol")
     predictions.add_argument("--timeframe", help="only this timeframe")
     predictions.add_argument(
-        "--format", choices=["table", "csv", "json"], default="table"
+        "--format",
+        choices=["table", "csv", "json"],
+        default="table",
+        help="output format (default: table)",
     )
     predictions.set_defaults(handler=_print_predictions)
 
@@ -138,14 +145,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="create or upgrade the tables to the newest revision",
         parents=[common],
     )
-    upgrade.add_argument("revision", nargs="?", default="head")
+    upgrade.add_argument(
+        "revision", nargs="?", default="head", help="target revision (default: head)"
+    )
     upgrade.set_defaults(handler=_upgrade_database)
     downgrade = database_commands.add_parser(
         "downgrade",
         help="revert to REVISION (base drops every table and its data)",
         parents=[common],
     )
-    downgrade.add_argument("revision")
+    downgrade.add_argument("revision", help="target revision, or base")
     downgrade.set_defaults(handler=_downgrade_database)
     current = database_commands.add_parser(
         "current", help="print the schema revision of the database", parents=[common]
@@ -203,16 +212,30 @@ def _configure_logging(verbose: bool, runs_flow: bool) -> None:
     the UI. Commands that run no flow use a plain stderr handler instead.
     """
     level = "DEBUG" if verbose else "INFO"
-    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "btc_lstm")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", level)
+    if runs_flow:
+        os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "btc_lstm")
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", level)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     library_logger = logging.getLogger("btc_lstm")
     library_logger.setLevel(level)
     if runs_flow:
         return
     handler = logging.StreamHandler(sys.stderr)
+    handler.set_name(_STDERR_HANDLER_NAME)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     library_logger.addHandler(handler)
+
+
+_STDERR_HANDLER_NAME = "btc-lstm-cli-stderr"
+
+
+def _remove_stderr_handler() -> None:
+    # main() may run more than once in a process, as in the tests, each time
+    # with another sys.stderr, so it removes the handler that it added.
+    library_logger = logging.getLogger("btc_lstm")
+    for handler in list(library_logger.handlers):
+        if handler.get_name() == _STDERR_HANDLER_NAME:
+            library_logger.removeHandler(handler)
 
 
 def _series_options(arguments: argparse.Namespace) -> dict[str, Any]:
@@ -269,6 +292,7 @@ def _start_flows(debug: bool) -> None:
 
     import flows.pipeline  # noqa: F401 - configures Prefect's logging
 
+    _check_prefect_api()
     if debug:
         return
     loggers = [logging.getLogger()] + [
@@ -283,6 +307,32 @@ def _start_flows(debug: bool) -> None:
             ):
                 inner = handler.formatter or logging.Formatter()
                 handler.setFormatter(_TracebackFreeFormatter(inner))
+
+
+def _check_prefect_api() -> None:
+    """Check that a configured Prefect API answers, before a flow run needs it.
+
+    Raises:
+        BtcLstmError: PREFECT_API_URL is set, in the environment or the active
+            Prefect profile, and the server does not respond.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    api_url = PREFECT_API_URL.value()
+    if not api_url:
+        return  # Each flow run starts a temporary server of its own.
+    try:
+        with get_client(sync_client=True) as client:
+            problem = client.api_healthcheck()
+    except Exception as exc:  # noqa: BLE001 - any failure means "unreachable"
+        problem = exc
+    if problem is not None:
+        raise BtcLstmError(
+            f"cannot reach the Prefect API at {api_url}: {problem}; start the "
+            "server (`prefect server start`) or unset the URL "
+            "(`prefect config unset PREFECT_API_URL`)"
+        )
 
 
 class _TracebackFreeFormatter(logging.Formatter):
@@ -346,12 +396,30 @@ def _open_database(upgrade: bool) -> Any:
     from btc_lstm.migrate import require_current_schema, upgrade_database
     from btc_lstm.settings import load_settings
 
-    engine = _open_engine(load_settings().database_url)
+    database_url = load_settings().database_url
+    if not upgrade:
+        _require_existing_sqlite_file(database_url)
+    engine = _open_engine(database_url)
     if upgrade:
         upgrade_database(engine)
     else:
         require_current_schema(engine)
     return engine
+
+
+def _require_existing_sqlite_file(database_url: str) -> None:
+    """Reject a SQLite path that does not exist, instead of creating an empty file."""
+    from btc_lstm.store import normalize_database_url
+
+    url = normalize_database_url(database_url)
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return
+    if not Path(url.database).exists():
+        raise BtcLstmError(
+            f"database file {url.database} does not exist; check "
+            "BTC_LSTM_DATABASE_URL, or create it with `btc-lstm db upgrade` or "
+            "`btc-lstm run`"
+        )
 
 
 def _import_csv(arguments: argparse.Namespace) -> int:
@@ -376,19 +444,25 @@ def _print_predictions(arguments: argparse.Namespace) -> int:
     from btc_lstm.store import list_series, load_latest_forecast
 
     engine = _open_database(upgrade=False)
-    frames = []
-    for series in list_series(engine):
-        if arguments.exchange and series.exchange != arguments.exchange:
-            continue
-        if arguments.symbol and series.symbol != arguments.symbol:
-            continue
-        if arguments.timeframe and series.timeframe != arguments.timeframe:
-            continue
-        forecast = load_latest_forecast(engine, series)
-        frames.append(forecast.assign(**_series_columns(series)))
-    if not frames:
-        print("btc-lstm: no forecasts stored yet; run `btc-lstm run`", file=sys.stderr)
-        return 1
+    stored = list_series(engine)
+    if not stored:
+        raise BtcLstmError("no forecasts stored yet; run `btc-lstm run` first")
+    selected = [
+        series
+        for series in stored
+        if arguments.exchange in (None, series.exchange)
+        and arguments.symbol in (None, series.symbol)
+        and arguments.timeframe in (None, series.timeframe)
+    ]
+    if not selected:
+        raise BtcLstmError(
+            "no forecasts match the filters; forecasts exist for "
+            + ", ".join(str(series) for series in stored)
+        )
+    frames = [
+        load_latest_forecast(engine, series).assign(**_series_columns(series))
+        for series in selected
+    ]
 
     columns = [
         "exchange",
@@ -404,7 +478,8 @@ def _print_predictions(arguments: argparse.Namespace) -> int:
     if arguments.format == "csv":
         print(table.to_csv(index=False), end="")
     elif arguments.format == "json":
-        print(table.to_json(orient="records", date_format="iso", indent=2))
+        records = table.astype({"as_of_open_time": str, "target_open_time": str})
+        print(json.dumps(records.to_dict(orient="records"), indent=2))
     else:
         print(table.to_string(index=False))
     return 0
@@ -452,7 +527,9 @@ def _print_revision(arguments: argparse.Namespace) -> int:
     from btc_lstm.migrate import current_revision, head_revision
     from btc_lstm.settings import load_settings
 
-    engine = _open_engine(load_settings().database_url)
+    database_url = load_settings().database_url
+    _require_existing_sqlite_file(database_url)
+    engine = _open_engine(database_url)
     current = current_revision(engine)
     print(f"current: {current or 'none (empty database)'}; newest: {head_revision()}")
     return 0

@@ -1,12 +1,14 @@
 """Alembic migrations run from Python: upgrade before writes, check before reads."""
 
 import logging
+from collections.abc import Callable
 from importlib import resources
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
 from sqlalchemy.engine import Engine
 
 from btc_lstm.errors import DatabaseError
@@ -37,23 +39,47 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def upgrade_database(engine: Engine, revision: str = "head") -> None:
-    """Apply the migrations up to `revision` in one transaction."""
+    """Apply the migrations up to `revision` in one transaction.
+
+    Raises:
+        DatabaseError: the revision is unknown or the upgrade failed.
+    """
     before = current_revision(engine)
     config = alembic_config()
     with engine.begin() as connection:
         config.attributes["connection"] = connection
-        command.upgrade(config, revision)
+        _run_alembic(command.upgrade, config, revision)
     after = current_revision(engine)
     if after != before:
         logger.info("database schema upgraded from %s to %s", before or "empty", after)
 
 
 def downgrade_database(engine: Engine, revision: str) -> None:
-    """Revert the migrations down to `revision` ("base" removes every table)."""
+    """Revert the migrations down to `revision` ("base" removes every table).
+
+    Raises:
+        DatabaseError: the revision is unknown or the downgrade failed.
+    """
     config = alembic_config()
     with engine.begin() as connection:
         config.attributes["connection"] = connection
-        command.downgrade(config, revision)
+        _run_alembic(command.downgrade, config, revision)
+
+
+def _run_alembic(
+    alembic_command: Callable[[Config, str], None], config: Config, revision: str
+) -> None:
+    try:
+        alembic_command(config, revision)
+    except CommandError as exc:
+        revisions = ", ".join(
+            script.revision
+            for script in ScriptDirectory.from_config(config).walk_revisions()
+        )
+        raise DatabaseError(
+            f"migration to revision {revision!r} failed: {exc}; known revisions "
+            f"are base, {revisions} and head"
+        ) from exc
 
 
 def require_current_schema(engine: Engine) -> None:

@@ -168,5 +168,6 @@ def _describe_validation_error(exc: ValidationError) -> str:
         if name == "settings":
             problems.append(message)
         else:
-            problems.append(f"{name} (env {ENV_PREFIX}{name.upper()}): {message}")
+            source = f"a flag, a flow parameter or env {ENV_PREFIX}{name.upper()}"
+            problems.append(f"{name} (from {source}): {message}")
     return "invalid setting " + "; ".join(problems)

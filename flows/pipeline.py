@@ -22,6 +22,8 @@ from flows.tasks import (
     write_forecast,
 )
 
+COMPLETED_RESULTS = "btc_lstm_completed_results"
+
 
 @flow(name="ingest")
 def ingest(
@@ -112,16 +114,13 @@ def daily(
     """Ingest, train and forecast, in that order.
 
     With `csv_paths`, the candles come from those files and the series to train
-    and forecast are the files' own. When the exchange cannot be reached, training
-    and forecasting still run on the candles already stored (both skip work that
-    is already done) and the run ends as failed with the ingest error.
+    and forecast are the files' own. A series whose ingest failed is neither
+    trained nor forecast, and the run ends as failed with the first error.
     """
-    if csv_paths:
-        ingest_state = ingest(csv_paths=csv_paths, return_state=True)
-        groups = _series_groups_of_files(ingest_state.result())
-    else:
-        ingest_state = ingest(symbols, exchange, timeframe, return_state=True)
-        groups = [(exchange, timeframe, symbols)]
+    ingest_state = ingest(symbols, exchange, timeframe, csv_paths, return_state=True)
+    # Only series whose candles arrived are trained and forecast: after a failed
+    # ingest there is nothing new to learn from, and the next run catches up.
+    groups = _series_groups(_completed_results(ingest_state))
 
     model_options = {
         "window_candles": window_candles,
@@ -162,9 +161,17 @@ def _series_of(settings: Settings) -> list[Series]:
     ]
 
 
-def _series_groups_of_files(
+def _completed_results(state: State[Any]) -> list[dict[str, Any]]:
+    outcome = state.result(raise_on_failure=False)
+    if isinstance(outcome, BaseException):
+        completed: list[dict[str, Any]] = getattr(outcome, COMPLETED_RESULTS, [])
+        return completed
+    return list(outcome)
+
+
+def _series_groups(
     results: list[dict[str, Any]],
-) -> list[tuple[str | None, str | None, list[str] | None]]:
+) -> list[tuple[str, str, list[str]]]:
     symbols_by_source: dict[tuple[str, str], list[str]] = {}
     for result in results:
         key = (result["exchange"], result["timeframe"])
@@ -190,5 +197,8 @@ def _results_or_first_error(
         else:
             results.append(outcome)
     if errors:
+        # The caller of a failed subflow gets only the exception, so it carries
+        # the results of the tasks that did complete.
+        setattr(errors[0], COMPLETED_RESULTS, results)
         raise errors[0]
     return results

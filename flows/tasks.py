@@ -1,5 +1,6 @@
 """Prefect tasks: one library call each, with retries where the network is involved."""
 
+import logging
 import threading
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,11 @@ from btc_lstm.ingest import import_candle_file, ingest_from_exchange
 from btc_lstm.migrate import upgrade_database
 from btc_lstm.settings import Settings
 from btc_lstm.store import create_db_engine
+
+# Prefect's logging setup leaves extra loggers at the root level, WARNING, so the
+# library's per-stage INFO lines would not reach a deployed run's logs.
+if logging.getLogger("btc_lstm").level == logging.NOTSET:
+    logging.getLogger("btc_lstm").setLevel(logging.INFO)
 
 _engines: dict[str, Engine] = {}
 _engines_lock = threading.Lock()

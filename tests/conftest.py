@@ -6,11 +6,21 @@ Postgres server, in which case each test gets an empty database on that server.
 
 import os
 import uuid
+
+# Library code logs outside flow runs too (fixtures, direct calls), where
+# Prefect's API log handler would warn for each line once btc_lstm is among
+# its extra loggers.
+os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+# Prefect binds its console log handler to the sys.stderr of the moment it is
+# first imported. Importing it here binds it to pytest's session-wide capture
+# instead of one test's capsys stream, which is closed after that test.
+import prefect  # noqa: E402, F401, I001
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine

@@ -1,4 +1,5 @@
 import json
+import socket
 import subprocess
 import sys
 
@@ -91,10 +92,72 @@ class TestErrors:
     def test_database_that_cannot_be_opened(self, capsys, tmp_path):
         url = f"sqlite:///{tmp_path / 'missing' / 'db.sqlite'}"
 
-        code, error = self.run(capsys, "predictions", "--database-url", url)
+        code, error = self.run(capsys, "db", "upgrade", "--database-url", url)
 
         assert code == 1
         assert "btc-lstm: error: cannot open database" in error
+        assert "\n" not in error
+
+    def test_missing_sqlite_file_is_not_created(self, capsys, tmp_path):
+        path = tmp_path / "typo.db"
+
+        code, error = self.run(
+            capsys, "predictions", "--database-url", f"sqlite:///{path}"
+        )
+
+        assert code == 1
+        assert f"database file {path} does not exist" in error
+        assert not path.exists()
+
+    def test_unknown_revision(self, capsys, database_url):
+        code, error = self.run(
+            capsys, "db", "downgrade", "nonsense", "--database-url", database_url
+        )
+
+        assert code == 1
+        assert "migration to revision 'nonsense' failed" in error
+        assert "known revisions are base, 0002, 0001 and head" in error
+
+    def test_predictions_filter_lists_stored_series(self, capsys, engine, database_url):
+        from btc_lstm.store import upsert_candles
+        from tests.conftest import make_candles
+        from tests.test_views import add_forecast, add_model_run
+
+        candles = make_candles(20)
+        upsert_candles(engine, BTC, candles)
+        as_of = candles["open_time"].iloc[-1]
+        add_forecast(engine, add_model_run(engine, as_of.to_pydatetime()), as_of, [1.0])
+
+        code, error = self.run(
+            capsys,
+            "predictions",
+            "--database-url",
+            database_url,
+            "--symbol",
+            "ETH/USDT",
+        )
+
+        assert code == 1
+        assert error == (
+            "btc-lstm: error: no forecasts match the filters; forecasts exist for "
+            "binance BTC/USDT 1d"
+        )
+
+    def test_unreachable_prefect_api(self, capsys, database_url):
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            closed_port = probe.getsockname()[1]
+        api_url = f"http://127.0.0.1:{closed_port}/api"
+
+        with temporary_settings({PREFECT_API_URL: api_url}):
+            code, error = self.run(capsys, "forecast", "--database-url", database_url)
+
+        assert code == 1
+        assert error.startswith(
+            f"btc-lstm: error: cannot reach the Prefect API at {api_url}"
+        )
         assert "\n" not in error
 
     def test_invalid_setting_names_variable(self, capsys, monkeypatch, database_url):
@@ -105,7 +168,9 @@ class TestErrors:
         assert code == 1
         assert "BTC_LSTM_EPOCHS" in error
 
-    def test_predictions_before_upgrade(self, capsys, database_url):
+    def test_predictions_before_upgrade(self, capsys, database_url, open_engine):
+        open_engine(database_url)  # creates an empty SQLite file
+
         code, error = self.run(capsys, "predictions", "--database-url", database_url)
 
         assert code == 1

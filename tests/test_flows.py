@@ -176,3 +176,29 @@ class TestSecrets:
             assert secret not in json.dumps(run.parameters, default=str)
         for log in logs:
             assert secret not in log.message
+
+
+class TestPartialFailure:
+    def test_failed_symbol_skips_training_others_forecast(
+        self, flow_environment, open_engine, binance_until_now
+    ):
+        engine = open_engine(flow_environment)
+
+        with pytest.raises(UnknownSymbolError, match="DOGE/EUR"):
+            daily(symbols=["DOGE/EUR", "BTC/USDT"], **SMALL_MODEL)
+
+        assert len(load_latest_forecast(engine, BTC)) == 3
+        assert row_count(engine, model_runs) == 1
+
+    def test_exchange_down_trains_nothing(
+        self, flow_environment, open_engine, binance_until_now, caplog
+    ):
+        engine = open_engine(flow_environment)
+        state, _ = binance_until_now
+        state.failure = (503, "<html>Service Unavailable</html>")
+
+        with pytest.raises(ExchangeUnavailableError):
+            daily(**SMALL_MODEL)
+
+        assert row_count(engine, model_runs) == 0
+        assert "need 120 closed 1d candles" not in caplog.text
