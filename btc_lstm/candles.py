@@ -19,16 +19,17 @@ def timeframe_to_ms(timeframe: str) -> int:
     """Return the length of one candle of `timeframe` (such as "1d" or "4h") in ms.
 
     Raises:
-        ConfigError: the timeframe is not a count followed by m, h or d. Weekly and
-            monthly candles are rejected: exchanges open them on a Monday or on the
-            first of the month, which the epoch-aligned closed-candle rule does not
-            model.
+        ConfigError: the timeframe is not a count followed by m, h or d, or is
+            longer than one day. Longer candles are rejected because exchanges
+            open them on a Monday, on the first of the month or at other times
+            that the epoch-aligned closed-candle rule does not model.
     """
     count, unit = timeframe[:-1], timeframe[-1:]
-    if not count.isdigit() or int(count) == 0 or unit not in _UNIT_MS:
+    valid = count.isascii() and count.isdigit() and unit in _UNIT_MS
+    if not valid or not 0 < int(count) * _UNIT_MS.get(unit, 0) <= _UNIT_MS["d"]:
         raise ConfigError(
             f"invalid timeframe {timeframe!r}; use a count and a unit of m, h or d, "
-            "such as 1d, 4h or 1h"
+            "at most one day long, such as 1d, 4h or 1h"
         )
     return int(count) * _UNIT_MS[unit]
 

@@ -43,3 +43,11 @@ class InsufficientHistoryError(BtcLstmError):
 
 class ModelNotFoundError(BtcLstmError):
     """No trained model exists yet for the requested series."""
+
+
+class TrainingError(BtcLstmError):
+    """Training produced a model whose outputs are not finite numbers."""
+
+
+class ForecastError(BtcLstmError):
+    """A stored model produced closes that are not finite and positive."""

@@ -10,7 +10,11 @@ import pandas as pd
 from sqlalchemy.engine import Engine
 
 from btc_lstm.candles import Series
-from btc_lstm.errors import InsufficientHistoryError, ModelNotFoundError
+from btc_lstm.errors import (
+    ForecastError,
+    InsufficientHistoryError,
+    ModelNotFoundError,
+)
 from btc_lstm.features import Standardizer, candle_features, require_contiguous
 from btc_lstm.store import (
     forecast_exists,
@@ -144,9 +148,14 @@ def predict_closes(run: dict[str, Any], candles: pd.DataFrame) -> np.ndarray:
     scaled = model.predict(inputs, verbose=0)
     log_returns = target_scaler.inverse_transform(scaled)[0]
     last_close = float(candles["close"].iloc[-1])
-    closes: np.ndarray = last_close * np.exp(log_returns)
-    if not np.all(np.isfinite(closes)):
-        raise ValueError(f"model run {run['id']} predicted non-finite closes {closes}")
+    # An overflow yields inf, which the check below rejects with a clear message.
+    with np.errstate(over="ignore"):
+        closes: np.ndarray = last_close * np.exp(log_returns)
+    if not (np.all(np.isfinite(closes)) and np.all(closes > 0)):
+        raise ForecastError(
+            f"model run {run['id']} predicted invalid closes {closes.tolist()}; "
+            "nothing was stored. Retrain with `btc-lstm train` and forecast again"
+        )
     return closes
 
 

@@ -6,6 +6,8 @@ means two years of daily candles or 122 days of 4h candles.
 """
 
 import datetime as dt
+import difflib
+import os
 import re
 from typing import Annotated, Any
 
@@ -22,14 +24,19 @@ from btc_lstm.errors import ConfigError
 
 ENV_PREFIX = "BTC_LSTM_"
 
-_SYMBOL_PATTERN = re.compile(r"^[A-Za-z0-9.\-_]+/[A-Za-z0-9.\-_]+(:[A-Za-z0-9.\-_]+)?$")
+_SYMBOL_PATTERN = re.compile(
+    r"^[A-Za-z0-9.\-_]+/[A-Za-z0-9.\-_]+(:[A-Za-z0-9.\-_]+)?$", re.ASCII
+)
 
 
 class Settings(BaseSettings):
     """Configuration of one deployment: candle source, store and model."""
 
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, extra="forbid", validate_default=True
+        env_prefix=ENV_PREFIX,
+        extra="forbid",
+        validate_default=True,
+        allow_inf_nan=False,
     )
 
     database_url: str = Field(
@@ -37,7 +44,9 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL of the store; a relative SQLite path is relative "
         "to the working directory.",
     )
-    exchange: str = Field("binance", description="ccxt exchange id.")
+    exchange: str = Field(
+        "binance", min_length=1, max_length=64, description="ccxt exchange id."
+    )
     symbols: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["BTC/USDT"],
         description="Unified ccxt symbols; comma-separated in the environment.",
@@ -48,19 +57,19 @@ class Settings(BaseSettings):
         description="UTC day the first backfill starts from.",
     )
     window_candles: int = Field(
-        730, ge=2, description="Candles in the rolling training window."
+        730, ge=2, le=1_000_000, description="Candles in the rolling training window."
     )
     lookback_candles: int = Field(
-        30, ge=1, description="Candles the model reads to make one forecast."
+        30, ge=1, le=10_000, description="Candles the model reads to make one forecast."
     )
     horizon_candles: int = Field(
-        7, ge=1, description="Candles ahead that each forecast covers."
+        7, ge=1, le=1_000, description="Candles ahead that each forecast covers."
     )
-    epochs: int = Field(50, ge=1, description="Maximum training epochs.")
-    batch_size: int = Field(32, ge=1)
-    lstm_units: int = Field(32, ge=1)
+    epochs: int = Field(50, ge=1, le=100_000, description="Maximum training epochs.")
+    batch_size: int = Field(32, ge=1, le=1_000_000)
+    lstm_units: int = Field(32, ge=1, le=4_096)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
-    learning_rate: float = Field(1e-3, gt=0.0)
+    learning_rate: float = Field(1e-3, gt=0.0, le=10.0)
     validation_fraction: float = Field(
         0.2,
         gt=0.0,
@@ -70,18 +79,24 @@ class Settings(BaseSettings):
     early_stopping_patience: int = Field(
         5, ge=1, description="Epochs without validation improvement before stopping."
     )
-    random_seed: int = Field(42, ge=0)
+    # NumPy and TensorFlow take 32-bit unsigned seeds.
+    random_seed: int = Field(42, ge=0, le=2**32 - 1)
     ccxt_config: dict[str, Any] = Field(
         default_factory=dict,
         description="JSON object passed to the ccxt exchange constructor "
         "(timeouts, options, proxies, or urls of a mirror).",
     )
+    # Prefect accepts at most 50 retry delays per task.
     fetch_retries: int = Field(
-        3, ge=0, description="Retries of a symbol's fetch after a temporary error."
+        3,
+        ge=0,
+        le=50,
+        description="Retries of a symbol's fetch after a temporary error.",
     )
     fetch_retry_delay_seconds: float = Field(
         10.0,
         ge=0.0,
+        le=3600.0,
         description="Delay before the first retry; each later retry waits 3x longer.",
     )
 
@@ -98,7 +113,7 @@ class Settings(BaseSettings):
         if not symbols:
             raise ValueError("at least one symbol is required, such as BTC/USDT")
         for symbol in symbols:
-            if not _SYMBOL_PATTERN.match(symbol):
+            if len(symbol) > 64 or not _SYMBOL_PATTERN.match(symbol):
                 raise ValueError(
                     f"{symbol!r} is not a unified ccxt symbol; write it as BASE/QUOTE, "
                     "such as BTC/USDT"
@@ -145,6 +160,7 @@ def load_settings(**overrides: Any) -> Settings:
         ConfigError: a value is invalid; the message names the setting and its
             environment variable.
     """
+    _reject_unknown_variables()
     explicit = {name: value for name, value in overrides.items() if value is not None}
     try:
         return Settings(**explicit)
@@ -158,6 +174,24 @@ def load_settings(**overrides: Any) -> Settings:
             f"invalid setting {name} (env {ENV_PREFIX}{name.upper()}): not valid "
             'JSON; write a JSON object such as {"timeout": 30000}'
         ) from exc
+
+
+# Read by the test suite, not by the settings.
+_OTHER_VARIABLES = {f"{ENV_PREFIX}TEST_DATABASE_URL"}
+
+
+def _reject_unknown_variables() -> None:
+    """Reject a BTC_LSTM_* variable that names no setting, such as a misspelling."""
+    known = {f"{ENV_PREFIX}{name.upper()}" for name in Settings.model_fields}
+    known |= _OTHER_VARIABLES
+    for variable in sorted(os.environ):
+        if variable.upper().startswith(ENV_PREFIX) and variable.upper() not in known:
+            suggestion = difflib.get_close_matches(variable.upper(), known, n=1)
+            hint = f"; did you mean {suggestion[0]}?" if suggestion else ""
+            raise ConfigError(
+                f"unknown setting {variable} in the environment{hint} Remove or "
+                "rename it"
+            )
 
 
 def _describe_validation_error(exc: ValidationError) -> str:

@@ -11,7 +11,7 @@ import pandas as pd
 from sqlalchemy.engine import Engine
 
 from btc_lstm.candles import Series
-from btc_lstm.errors import InsufficientHistoryError
+from btc_lstm.errors import InsufficientHistoryError, TrainingError
 from btc_lstm.features import (
     FEATURE_NAMES,
     Standardizer,
@@ -277,9 +277,11 @@ def fit_model(candles: pd.DataFrame, settings: Settings) -> FittedModel:
     predicted = target_scaler.inverse_transform(
         model.predict(scaled_inputs[validation_start:], verbose=0)
     )
+    best_validation_loss = float(np.nanmin(history.history["val_loss"]))
+    require_finite_training(predicted, best_validation_loss, settings.learning_rate)
     metrics = validation_metrics(windows, validation_start, predicted)
     metrics["training_samples"] = training_count
-    metrics["validation_loss"] = float(min(history.history["val_loss"]))
+    metrics["validation_loss"] = best_validation_loss
     return FittedModel(
         model=model,
         preprocessing={
@@ -292,6 +294,25 @@ def fit_model(candles: pd.DataFrame, settings: Settings) -> FittedModel:
     )
 
 
+def require_finite_training(
+    predicted_log_returns: np.ndarray, best_validation_loss: float, learning_rate: float
+) -> None:
+    """Check that training converged to finite validation loss and predictions.
+
+    Raises:
+        TrainingError: the loss or a prediction is infinite or NaN.
+    """
+    finite = np.isfinite(predicted_log_returns).all() and np.isfinite(
+        best_validation_loss
+    )
+    if not finite:
+        raise TrainingError(
+            f"training diverged: best validation loss {best_validation_loss}, "
+            "predictions not finite; nothing was stored. Lower "
+            f"BTC_LSTM_LEARNING_RATE (now {learning_rate}) and train again"
+        )
+
+
 def validation_metrics(
     windows: Windows, validation_start: int, predicted_log_returns: np.ndarray
 ) -> dict[str, Any]:
@@ -301,9 +322,16 @@ def validation_metrics(
     """
     anchors = windows.anchor_closes[validation_start:, None]
     actual = anchors * np.exp(windows.targets[validation_start:])
-    predicted = anchors * np.exp(predicted_log_returns)
+    with np.errstate(over="ignore"):
+        predicted = anchors * np.exp(predicted_log_returns)
     model_mae = np.abs(predicted - actual).mean(axis=0)
     last_close_mae = np.abs(anchors - actual).mean(axis=0)
+    if not np.isfinite(model_mae).all():
+        # JSON columns cannot store inf, and such a model is of no use.
+        raise TrainingError(
+            "training diverged: validation predictions overflow to infinite "
+            "prices; nothing was stored. Lower BTC_LSTM_LEARNING_RATE and train again"
+        )
     return {
         "validation_samples": int(len(anchors)),
         "mae_by_step": [float(value) for value in model_mae],

@@ -3,10 +3,15 @@ import pytest
 import sqlalchemy as sa
 
 from btc_lstm.candles import Series
-from btc_lstm.errors import ModelNotFoundError
+from btc_lstm.errors import ForecastError, ModelNotFoundError
 from btc_lstm.forecast import forecast_series
 from btc_lstm.settings import load_settings
-from btc_lstm.store import load_latest_forecast, predictions, upsert_candles
+from btc_lstm.store import (
+    load_latest_forecast,
+    model_runs,
+    predictions,
+    upsert_candles,
+)
 from btc_lstm.train import train_series
 from tests.conftest import make_candles
 
@@ -106,3 +111,16 @@ def test_same_seed_gives_same_forecast(engine, open_engine, tmp_path):
         )
 
     assert forecasts[0] == forecasts[1]
+
+
+def test_overflowing_model_stores_no_forecast(engine, trained):
+    with engine.begin() as connection:
+        run = connection.execute(sa.select(model_runs)).mappings().one()
+        preprocessing = dict(run["preprocessing"])
+        preprocessing["target_scaler"] = {"mean": [1e6] * 3, "std": [1.0] * 3}
+        connection.execute(model_runs.update().values(preprocessing=preprocessing))
+
+    with pytest.raises(ForecastError, match="predicted invalid closes"):
+        forecast_series(engine, SERIES)
+
+    assert count_predictions(engine) == 0

@@ -72,7 +72,9 @@ class TestTimeframes:
     def test_timeframe_length(self, timeframe, length_ms):
         assert timeframe_to_ms(timeframe) == length_ms
 
-    @pytest.mark.parametrize("timeframe", ["", "d", "0d", "1w", "1M", "1.5h"])
+    @pytest.mark.parametrize(
+        "timeframe", ["", "d", "0d", "1w", "1M", "1.5h", "3d", "25h", "１d"]
+    )
     def test_unsupported_timeframe_raises(self, timeframe):
         with pytest.raises(ConfigError):
             timeframe_to_ms(timeframe)

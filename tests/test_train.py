@@ -4,11 +4,16 @@ import pytest
 import sqlalchemy as sa
 
 from btc_lstm.candles import Series
-from btc_lstm.errors import InsufficientHistoryError
+from btc_lstm.errors import InsufficientHistoryError, TrainingError
 from btc_lstm.features import Standardizer, build_windows, candle_features
 from btc_lstm.settings import load_settings
 from btc_lstm.store import model_runs, upsert_candles
-from btc_lstm.train import fit_model, split_sample_count, train_series
+from btc_lstm.train import (
+    fit_model,
+    require_finite_training,
+    split_sample_count,
+    train_series,
+)
 from tests.conftest import make_candles
 
 SERIES = Series("binance", "BTC/USDT", "1d")
@@ -171,3 +176,16 @@ def test_window_candles_are_the_newest(engine):
 
     assert window["open_time"].iloc[-1] == candles["open_time"].iloc[-1]
     assert window["open_time"].iloc[0] == pd.Timestamp(candles["open_time"].iloc[80])
+
+
+class TestDivergence:
+    @pytest.mark.parametrize(
+        ("predicted", "loss"),
+        [([[0.01, np.inf]], 0.5), ([[0.01, np.nan]], 0.5), ([[0.01, 0.02]], np.inf)],
+    )
+    def test_non_finite_training_raises(self, predicted, loss):
+        with pytest.raises(TrainingError, match="training diverged"):
+            require_finite_training(np.array(predicted), loss, learning_rate=1.0)
+
+    def test_finite_training_passes(self):
+        require_finite_training(np.array([[0.01, 0.02]]), 0.5, learning_rate=1.0)
