@@ -2,21 +2,31 @@
 
 import logging
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from btc_lstm.candles import CANDLE_COLUMNS, Series, find_invalid_candles
+from btc_lstm.candles import (
+    CANDLE_COLUMNS,
+    Series,
+    find_invalid_candles,
+    open_times_ms,
+)
 from btc_lstm.errors import CsvFormatError
 
 logger = logging.getLogger(__name__)
 
-# Unix times above these are in microseconds or milliseconds. Binance moved its spot
-# data to microseconds in 2025, and exports pass those 16-digit values through.
+# Unix times above these are in nanoseconds, microseconds or milliseconds, and
+# below them in seconds. Binance moved its spot data to microseconds in 2025, and
+# exports pass those 16-digit values through.
+_NANOSECONDS_FROM = 10**17
 _MICROSECONDS_FROM = 10**14
 _MILLISECONDS_FROM = 10**11
+# 2009-01-03 00:00 UTC, the day of Bitcoin's first block: no candle is older.
+_EARLIEST_MS = 1_230_940_800_000
 
 _TIMEFRAME_BY_MS = {
     60_000: "1m",
@@ -67,7 +77,7 @@ def read_candle_csv(
     elif {"open", "high", "low", "close", "volume"} <= columns.keys() and (
         "timestamp" in columns or "date" in columns
     ):
-        candles, inferred_symbol = _parse_plain(raw, columns), None
+        candles, inferred_symbol = _parse_plain(raw, columns, path), None
     else:
         raise CsvFormatError(
             f"{path}: not an OHLCV file, found columns {', '.join(raw.columns)}; "
@@ -75,6 +85,14 @@ def read_candle_csv(
             "Close,Volume ...) or timestamp,open,high,low,close,volume"
         )
 
+    bad_times = candles["open_time"].isna()
+    if bad_times.any():
+        first = int(bad_times.to_numpy().argmax())
+        raise CsvFormatError(
+            f"{path}: {int(bad_times.sum())} rows have a timestamp that is not a "
+            f"date, first data row {first + 1}; write dates as YYYY-MM-DD or "
+            "ISO 8601 times"
+        )
     candles = candles.sort_values("open_time").reset_index(drop=True)
     timeframe = _infer_timeframe(candles, path)
     series = Series(
@@ -82,23 +100,73 @@ def read_candle_csv(
         symbol=symbol or inferred_symbol or _missing_symbol(path),
         timeframe=timeframe,
     )
+    candles = _drop_open_candle(candles, series, path)
     _check_rows(candles, series, path)
     return CandleFile(series=series, candles=candles)
 
 
+def _drop_open_candle(
+    candles: pd.DataFrame, series: Series, path: Path
+) -> pd.DataFrame:
+    """Drop the candle that has not closed yet; reject candles that open later."""
+    now_ms = int(time.time() * 1000)
+    opens_ms = open_times_ms(candles["open_time"])
+    future = opens_ms > now_ms
+    if future.any():
+        first = candles.loc[future, "open_time"].iloc[0]
+        raise CsvFormatError(
+            f"{path}: {int(future.sum())} candles open in the future, first "
+            f"{first:%Y-%m-%d %H:%M} UTC; remove them"
+        )
+    still_open = opens_ms + series.timeframe_ms > now_ms
+    if still_open.any():
+        # Exports made during the day end with that day's unfinished candle.
+        logger.warning(
+            "%s: skipped the candle of %s from %s, which has not closed yet",
+            series,
+            candles.loc[still_open, "open_time"].iloc[0],
+            path.name,
+        )
+    return candles.loc[~still_open].reset_index(drop=True)
+
+
 def _read_table(path: Path) -> pd.DataFrame:
+    if path.is_dir():
+        raise CsvFormatError(f"{path} is a folder; pass the path of a CSV file")
     if not path.is_file():
         raise CsvFormatError(f"candle file not found: {path}")
-    with path.open(encoding="utf-8-sig", errors="replace") as handle:
-        first_line = handle.readline()
-    # CryptoDataDownload puts its address alone on the first line of some exports.
-    skip_rows = 1 if first_line.lower().startswith("http") else 0
     try:
+        with path.open(encoding="utf-8-sig", errors="replace") as handle:
+            first_line = handle.readline()
+        # CryptoDataDownload puts its address alone on the first line of some
+        # exports.
+        skip_rows = 1 if first_line.lower().startswith("http") else 0
         table = pd.read_csv(path, skiprows=skip_rows, encoding="utf-8-sig")
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise CsvFormatError(
+            f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save the "
+            "file as a UTF-8 CSV and import it again"
+        ) from exc
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise CsvFormatError(f"{path}: not a readable CSV file: {exc}") from exc
+    except OSError as exc:
+        raise CsvFormatError(f"cannot read {path}: {exc.strerror or exc}") from exc
     if table.empty:
         raise CsvFormatError(f"{path}: no candle rows found")
+
+    table.columns = [str(name).strip() for name in table.columns]
+    lowered = [name.lower() for name in table.columns]
+    repeated = sorted({name for name in lowered if lowered.count(name) > 1})
+    if repeated:
+        raise CsvFormatError(
+            f"{path}: the columns {', '.join(repeated)} appear more than once "
+            "(names are compared without case); keep one of each"
+        )
+    if len(table.columns) == 1 and any(mark in table.columns[0] for mark in ";\t|"):
+        raise CsvFormatError(
+            f"{path}: found one column {table.columns[0]!r}; separate the columns "
+            "with commas"
+        )
     return table
 
 
@@ -150,16 +218,22 @@ def _unified_symbol(market_id: str, base: str, volume_columns: list[str]) -> str
     return f"{base}/{quote}"
 
 
-def _parse_plain(raw: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
+def _parse_plain(
+    raw: pd.DataFrame, columns: dict[str, str], path: Path
+) -> pd.DataFrame:
     if "timestamp" in columns:
         times = raw[columns["timestamp"]]
         numeric = pd.to_numeric(times, errors="coerce")
         if numeric.notna().all():
-            open_time = _parse_unix_times(times, Path("<file>"))
+            open_time = _parse_unix_times(times, path)
         else:
-            open_time = pd.to_datetime(times, utc=True, errors="coerce")
+            open_time = pd.to_datetime(
+                times, utc=True, errors="coerce", format="ISO8601"
+            )
     else:
-        open_time = pd.to_datetime(raw[columns["date"]], utc=True, errors="coerce")
+        open_time = pd.to_datetime(
+            raw[columns["date"]], utc=True, errors="coerce", format="ISO8601"
+        )
     return pd.DataFrame(
         {
             "open_time": open_time,
@@ -173,20 +247,40 @@ def _numbers(column: pd.Series) -> pd.Series:
 
 
 def _parse_unix_times(column: pd.Series, path: Path) -> pd.Series:
-    values = pd.to_numeric(column, errors="coerce")
-    if values.isna().any():
-        line = int(values.isna().to_numpy().argmax())
-        raise CsvFormatError(
-            f"{path}: row {line + 1}: Unix time {column.iloc[line]!r} is not a number"
-        )
-    values = values.astype("int64")
-    milliseconds = np.where(
-        values >= _MICROSECONDS_FROM,
-        values // 1000,
-        np.where(values >= _MILLISECONDS_FROM, values, values * 1000),
+    # Floats hold every magnitude without the wrap-around of int64 overflow, and
+    # are exact for whole milliseconds up to 2**53, far beyond any valid time.
+    values = pd.to_numeric(column, errors="coerce").astype("float64").to_numpy()
+    _reject_rows(~np.isfinite(values), column, path, "is not a number")
+    _reject_rows(values % 1 != 0, column, path, "is not a whole number")
+    milliseconds = np.select(
+        [
+            values >= _NANOSECONDS_FROM,
+            values >= _MICROSECONDS_FROM,
+            values >= _MILLISECONDS_FROM,
+        ],
+        [values // 1_000_000, values // 1000, values],
+        default=values * 1000,
+    )
+    latest_ms = time.time() * 1000 + 86_400_000
+    out_of_range = (milliseconds < _EARLIEST_MS) | (milliseconds > latest_ms)
+    _reject_rows(
+        out_of_range, column, path, "is before 2009 or in the future, so not a candle"
     )
     return pd.Series(
-        pd.to_datetime(milliseconds, unit="ms", utc=True), index=column.index
+        pd.to_datetime(milliseconds.astype("int64"), unit="ms", utc=True),
+        index=column.index,
+    )
+
+
+def _reject_rows(
+    invalid: np.ndarray, column: pd.Series, path: Path, problem: str
+) -> None:
+    if not invalid.any():
+        return
+    first = int(invalid.argmax())
+    raise CsvFormatError(
+        f"{path}: {int(invalid.sum())} rows with an invalid time, first data row "
+        f"{first + 1}: {column.name} {column.iloc[first]!r} {problem}"
     )
 
 
@@ -217,11 +311,6 @@ def _missing_symbol(path: Path) -> str:
 
 
 def _check_rows(candles: pd.DataFrame, series: Series, path: Path) -> None:
-    bad_times = candles["open_time"].isna()
-    if bad_times.any():
-        raise CsvFormatError(
-            f"{path}: {int(bad_times.sum())} rows have a timestamp that is not a date"
-        )
     duplicated = candles["open_time"].duplicated(keep=False)
     if duplicated.any():
         first = candles.loc[duplicated, "open_time"].iloc[0]

@@ -164,3 +164,115 @@ class TestRejectedFiles:
 
         with pytest.raises(CsvFormatError, match="unsupported timeframe"):
             read_candle_csv(path, exchange="binance", symbol="BTC/USDT")
+
+
+class TestTimes:
+    @pytest.mark.parametrize(
+        ("unix", "problem"),
+        [
+            ("99999999999999999999", "is before 2009 or in the future"),
+            ("9223372036854775807", "is before 2009 or in the future"),
+            ("-86400000", "is before 2009 or in the future"),
+            ("1740268800000.5", "is not a whole number"),
+        ],
+    )
+    def test_invalid_unix_time_names_row(self, tmp_path, unix, problem):
+        text = CRYPTODATADOWNLOAD_ROWS.replace("1740268800000,", f"{unix},")
+        path = write(tmp_path, "Binance_ETHUSDT_d.csv", text)
+
+        with pytest.raises(CsvFormatError, match=problem) as error:
+            read_candle_csv(path)
+
+        assert "first data row 3: Unix" in str(error.value)
+
+    def test_nanosecond_times(self, tmp_path):
+        text = CRYPTODATADOWNLOAD_ROWS.replace("1740268800000,", "1740268800000000000,")
+        path = write(tmp_path, "Binance_ETHUSDT_d.csv", text)
+
+        candles = read_candle_csv(path).candles
+
+        assert candles["open_time"].iloc[0] == pd.Timestamp("2025-02-23", tz="UTC")
+
+    def test_future_candle_is_rejected(self, tmp_path):
+        text = (
+            "date,open,high,low,close,volume\n"
+            "2024-01-01,10,11,9,10.5,100\n"
+            "2024-01-02,10.5,12,10,11,120\n"
+            "2024-01-03,10.5,12,10,11,120\n"
+            "2099-01-02,10.5,12,10,11,120\n"
+        )
+        path = write(tmp_path, "candles.csv", text)
+
+        with pytest.raises(CsvFormatError, match="1 candles open in the future"):
+            read_candle_csv(path, exchange="binance", symbol="BTC/USDT")
+
+    def test_unfinished_candle_is_skipped(self, tmp_path):
+        today = pd.Timestamp.now(tz="UTC").normalize()
+        days = pd.date_range(end=today, periods=3, freq="D")
+        rows = [f"{day:%Y-%m-%d},10,11,9,10.5,100" for day in days]
+        path = write(
+            tmp_path,
+            "candles.csv",
+            "date,open,high,low,close,volume\n" + "\n".join(rows) + "\n",
+        )
+
+        candles = read_candle_csv(path, exchange="binance", symbol="BTC/USDT").candles
+
+        assert list(candles["open_time"]) == list(days[:2])
+
+    def test_mixed_iso_formats(self, tmp_path):
+        text = (
+            "date,open,high,low,close,volume\n"
+            "2024-01-01,10,11,9,10.5,100\n"
+            "2024-01-02T00:00:00Z,10.5,12,10,11,120\n"
+        )
+        path = write(tmp_path, "candles.csv", text)
+
+        candles = read_candle_csv(path, exchange="binance", symbol="BTC/USDT").candles
+
+        assert len(candles) == 2
+
+    def test_unparseable_date_names_row(self, tmp_path):
+        text = (
+            "date,open,high,low,close,volume\n"
+            "2024-01-01,10,11,9,10.5,100\n"
+            "yesterday,10.5,12,10,11,120\n"
+        )
+        path = write(tmp_path, "candles.csv", text)
+
+        with pytest.raises(CsvFormatError, match="first data row 2"):
+            read_candle_csv(path, exchange="binance", symbol="BTC/USDT")
+
+
+class TestFileShape:
+    def test_folder_instead_of_file(self, tmp_path):
+        with pytest.raises(CsvFormatError, match="is a folder"):
+            read_candle_csv(tmp_path)
+
+    def test_not_utf8(self, tmp_path):
+        path = tmp_path / "Binance_ETHUSDT_d.csv"
+        path.write_bytes(CRYPTODATADOWNLOAD_ROWS.encode("utf-16"))
+
+        with pytest.raises(CsvFormatError, match="save the file as a UTF-8 CSV"):
+            read_candle_csv(path)
+
+    def test_semicolons(self, tmp_path):
+        text = CRYPTODATADOWNLOAD_ROWS.replace(",", ";")
+        path = write(tmp_path, "Binance_ETHUSDT_d.csv", text)
+
+        with pytest.raises(CsvFormatError, match="separate the columns with commas"):
+            read_candle_csv(path)
+
+    def test_columns_differing_in_case(self, tmp_path):
+        text = "date,open,high,low,close,Close,volume\n2024-01-01,1,2,1,2,2,5\n"
+        path = write(tmp_path, "candles.csv", text)
+
+        with pytest.raises(CsvFormatError, match="close appear more than once"):
+            read_candle_csv(path, exchange="binance", symbol="BTC/USDT")
+
+    def test_spaces_around_column_names(self, tmp_path):
+        lines = CRYPTODATADOWNLOAD_ROWS.splitlines()
+        lines[0] = ", ".join(lines[0].split(","))
+        path = write(tmp_path, "Binance_ETHUSDT_d.csv", "\n".join(lines))
+
+        assert len(read_candle_csv(path).candles) == 3
