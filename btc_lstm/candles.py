@@ -1,6 +1,7 @@
 """Candle series, timeframes in ccxt notation, the closed-candle rule and row checks."""
 
 import datetime as dt
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,6 +61,17 @@ def open_times_ms(open_times: pd.Series) -> pd.Series:
     """Return tz-aware UTC open times as int64 Unix milliseconds."""
     epoch = pd.Timestamp(0, tz="UTC")
     return ((open_times - epoch) // pd.Timedelta(1, "ms")).astype("int64")
+
+
+_SYMBOL_PATTERN = re.compile(
+    r"^[A-Za-z0-9.\-_]+/[A-Za-z0-9.\-_]+(:[A-Za-z0-9.\-_]+)?$", re.ASCII
+)
+
+
+def is_unified_symbol(symbol: str) -> bool:
+    """Return whether `symbol` is a ccxt unified symbol such as BTC/USDT, at most
+    64 characters long, the width of the symbol columns."""
+    return len(symbol) <= 64 and _SYMBOL_PATTERN.match(symbol) is not None
 
 
 @dataclass(frozen=True)

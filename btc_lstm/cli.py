@@ -38,6 +38,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"btc-lstm: error: {exc}", file=sys.stderr)
         return 1
+    except Exception as exc:
+        # A database failure in mid-run (a lock held too long, a table that
+        # another application created) is reported in one line too. Anything
+        # else is a bug and keeps its traceback.
+        if arguments.debug or not _is_database_error(exc):
+            raise
+        print(f"btc-lstm: error: {_describe_database_error(exc)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("btc-lstm: interrupted", file=sys.stderr)
         return 130
@@ -45,6 +53,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         _close_engines()
         _remove_stderr_handler()
     return result
+
+
+def _is_database_error(exc: BaseException) -> bool:
+    if "sqlalchemy" not in sys.modules:
+        return False
+    import sqlalchemy as sa
+
+    return isinstance(exc, sa.exc.DBAPIError)
+
+
+def _describe_database_error(exc: Any) -> str:
+    # Only the driver's own first line: the statement and its parameters can be
+    # long and may contain data.
+    reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+    return (
+        f"database operation failed: {reason}; check that no other program holds "
+        "a lock on the database and that its tables are btc-lstm's "
+        "(`btc-lstm db current`), then run again"
+    )
 
 
 _engines: list[Any] = []

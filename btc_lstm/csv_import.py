@@ -13,6 +13,7 @@ from btc_lstm.candles import (
     CANDLE_COLUMNS,
     Series,
     find_invalid_candles,
+    is_unified_symbol,
     open_times_ms,
 )
 from btc_lstm.errors import CsvFormatError
@@ -92,6 +93,14 @@ def read_candle_csv(
             f"{path}: {int(bad_times.sum())} rows have a timestamp that is not a "
             f"date, first data row {first + 1}; write dates as YYYY-MM-DD or "
             "ISO 8601 times"
+        )
+    if symbol is not None and not is_unified_symbol(symbol):
+        raise CsvFormatError(
+            f"invalid symbol {symbol!r}; write it as BASE/QUOTE, such as BTC/USDT"
+        )
+    if exchange is not None and not re.fullmatch(r"[a-z0-9]{1,64}", exchange):
+        raise CsvFormatError(
+            f"invalid exchange id {exchange!r}; use a ccxt id such as binance"
         )
     candles = candles.sort_values("open_time").reset_index(drop=True)
     timeframe = _infer_timeframe(candles, path)
@@ -301,13 +310,18 @@ def _exchange_from_name(path: Path) -> str:
     match = re.match(r"([A-Za-z]+)_", path.name)
     if match is None:
         raise CsvFormatError(
-            f"{path}: cannot tell the exchange from the file name; pass --exchange"
+            f"{path}: cannot tell the exchange from the file name; name the file "
+            "like Binance_BTCUSDT_d.csv, or import it with `btc-lstm import-csv "
+            "--exchange ID`"
         )
     return match.group(1).lower()
 
 
 def _missing_symbol(path: Path) -> str:
-    raise CsvFormatError(f"{path}: cannot tell the symbol from the file; pass --symbol")
+    raise CsvFormatError(
+        f"{path}: cannot tell the symbol from the file; import it with "
+        "`btc-lstm import-csv --symbol BASE/QUOTE`"
+    )
 
 
 def _check_rows(candles: pd.DataFrame, series: Series, path: Path) -> None:

@@ -10,6 +10,7 @@ import pandas as pd
 
 from btc_lstm.candles import CANDLE_COLUMNS, Series, last_closed_open_ms, ms_to_datetime
 from btc_lstm.errors import (
+    ConfigError,
     ExchangeError,
     ExchangeUnavailableError,
     UnknownExchangeError,
@@ -42,7 +43,15 @@ def create_exchange(exchange_id: str, ccxt_config: dict[str, Any]) -> ccxt.Excha
     """
     check_exchange_id(exchange_id)
     exchange_class = getattr(ccxt, exchange_id)
-    exchange: ccxt.Exchange = exchange_class({"enableRateLimit": True, **ccxt_config})
+    try:
+        exchange: ccxt.Exchange = exchange_class(
+            {"enableRateLimit": True, **ccxt_config}
+        )
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise ConfigError(
+            f"invalid ccxt_config for {exchange_id}: {exc}; check the JSON in "
+            "BTC_LSTM_CCXT_CONFIG against ccxt's exchange options"
+        ) from exc
     return exchange
 
 
@@ -59,6 +68,11 @@ def check_market(exchange: ccxt.Exchange, series: Series) -> None:
         raise ExchangeError(
             f"{exchange.id} offers no OHLCV candles through ccxt; choose another "
             "exchange"
+        )
+    if not markets:
+        raise ExchangeError(
+            f"{exchange.id} returned no markets; if BTC_LSTM_CCXT_CONFIG points "
+            "ccxt at a mirror, check that its urls serve the exchange's API"
         )
     if series.symbol not in markets:
         raise UnknownSymbolError(
@@ -96,6 +110,12 @@ def call_exchange(function: Callable[[], T], operation: str) -> T:
     except ccxt.BaseError as exc:
         raise ExchangeError(
             f"{operation} failed, the exchange rejected the request: {_first_line(exc)}"
+        ) from exc
+    except (TypeError, ValueError) as exc:
+        # ccxt uses option values as given, so a timeout of "30" fails here.
+        raise ConfigError(
+            f"{operation} failed inside ccxt: {exc}; check the value types in "
+            "BTC_LSTM_CCXT_CONFIG"
         ) from exc
 
 

@@ -110,8 +110,10 @@ def require_contiguous(candles: pd.DataFrame, series: Series, purpose: str) -> N
         return
     missing = int(sum(step // expected - 1 for step in gaps))
     first_gap = candles["open_time"].iloc[gaps.index[0] - 1] + expected
+    # TODO: refetch missing candles from the exchange during ingest; today only
+    # an imported file can fill a gap, because ingest resumes after the newest.
     raise InsufficientHistoryError(
         f"{series}: {missing} candles missing inside the {purpose} window, first "
-        f"{first_gap:%Y-%m-%d %H:%M} UTC; ingest again to fill the gap, or import a "
-        "file that covers it"
+        f"{first_gap:%Y-%m-%d %H:%M} UTC; import a file that covers them with "
+        "`btc-lstm import-csv`, or wait until the window has moved past the gap"
     )

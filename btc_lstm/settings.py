@@ -19,14 +19,10 @@ from pydantic_settings import (
     SettingsError,
 )
 
-from btc_lstm.candles import timeframe_to_ms
+from btc_lstm.candles import is_unified_symbol, timeframe_to_ms
 from btc_lstm.errors import ConfigError
 
 ENV_PREFIX = "BTC_LSTM_"
-
-_SYMBOL_PATTERN = re.compile(
-    r"^[A-Za-z0-9.\-_]+/[A-Za-z0-9.\-_]+(:[A-Za-z0-9.\-_]+)?$", re.ASCII
-)
 
 
 class Settings(BaseSettings):
@@ -113,7 +109,7 @@ class Settings(BaseSettings):
         if not symbols:
             raise ValueError("at least one symbol is required, such as BTC/USDT")
         for symbol in symbols:
-            if len(symbol) > 64 or not _SYMBOL_PATTERN.match(symbol):
+            if not is_unified_symbol(symbol):
                 raise ValueError(
                     f"{symbol!r} is not a unified ccxt symbol; write it as BASE/QUOTE, "
                     "such as BTC/USDT"

@@ -174,11 +174,17 @@ def create_db_engine(database_url: str) -> Engine:
     masked = url.render_as_string(hide_password=True)
     try:
         engine = sa.create_engine(url, pool_pre_ping=True)
-    except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError) as exc:
+    except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
         raise DatabaseError(
             f"cannot use database URL {masked!r}: {exc}; use sqlite:///PATH or "
             "postgresql://USER@HOST/DBNAME"
         ) from exc
+    if engine.dialect.is_async or engine.dialect.name not in ("sqlite", "postgresql"):
+        engine.dispose()
+        raise DatabaseError(
+            f"unsupported database URL {masked!r}; use sqlite:///PATH or "
+            "postgresql://USER@HOST/DBNAME, without an async driver"
+        )
     if engine.dialect.name == "sqlite":
         sa.event.listen(engine, "connect", _configure_sqlite_connection)
         sa.event.listen(engine, "begin", _begin_sqlite_immediately)

@@ -83,8 +83,8 @@ def load_training_window(
         raise InsufficientHistoryError(
             f"need {window_candles} closed {series.timeframe} candles of "
             f"{series.exchange} {series.symbol} to train, found {stored}; ingest "
-            "more history (an earlier BTC_LSTM_HISTORY_START) or lower "
-            "BTC_LSTM_WINDOW_CANDLES"
+            "more history (an earlier BTC_LSTM_HISTORY_START, or a file that goes "
+            "further back) or lower BTC_LSTM_WINDOW_CANDLES"
         )
     require_contiguous(candles, series, "training")
     return candles

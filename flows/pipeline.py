@@ -192,7 +192,10 @@ def _results_or_first_error(
     for state, subject in zip(states, subjects, strict=True):
         outcome = state.result(raise_on_failure=False)
         if isinstance(outcome, BaseException):
-            logger.error("%s: failed: %s", subject, outcome)
+            message = str(outcome)
+            if subject not in message:
+                message = f"{subject}: {message}"
+            logger.error("failed: %s", message)
             errors.append(outcome)
         else:
             results.append(outcome)

@@ -1,5 +1,6 @@
 import json
 import socket
+import sqlite3
 import subprocess
 import sys
 
@@ -97,6 +98,35 @@ class TestErrors:
         assert code == 1
         assert "btc-lstm: error: cannot open database" in error
         assert "\n" not in error
+
+    def test_foreign_table_fails_in_one_line(self, capsys, tmp_path):
+        path = tmp_path / "other_app.db"
+        with sqlite3.connect(path) as connection:
+            connection.execute("CREATE TABLE ohlcv (anything TEXT)")
+
+        code, error = self.run(
+            capsys, "db", "upgrade", "--database-url", f"sqlite:///{path}"
+        )
+
+        assert code == 1
+        assert error.startswith(
+            "btc-lstm: error: database operation failed: table ohlcv already exists"
+        )
+        assert "\n" not in error
+
+    def test_invalid_symbol_for_import(self, capsys, database_url, btc_csv):
+        code, error = self.run(
+            capsys,
+            "import-csv",
+            "--database-url",
+            database_url,
+            "--symbol",
+            "BTCUSDT",
+            str(btc_csv),
+        )
+
+        assert code == 1
+        assert "invalid symbol 'BTCUSDT'; write it as BASE/QUOTE" in error
 
     def test_missing_sqlite_file_is_not_created(self, capsys, tmp_path):
         path = tmp_path / "typo.db"
@@ -207,7 +237,8 @@ class TestRunCommand:
         assert error == (
             "btc-lstm: error: need 5000 closed 1d candles of binance BTC/USDT to "
             "train, found 2769; ingest more history (an earlier "
-            "BTC_LSTM_HISTORY_START) or lower BTC_LSTM_WINDOW_CANDLES"
+            "BTC_LSTM_HISTORY_START, or a file that goes further back) or lower "
+            "BTC_LSTM_WINDOW_CANDLES"
         )
 
     def test_run_then_print_predictions(self, capsys, flow_environment, btc_csv):

@@ -66,7 +66,7 @@ class TestCryptoDataDownload:
     def test_unknown_exchange_in_name_asks_for_flag(self, tmp_path):
         path = write(tmp_path, "export.csv", CRYPTODATADOWNLOAD_ROWS)
 
-        with pytest.raises(CsvFormatError, match="pass --exchange"):
+        with pytest.raises(CsvFormatError, match="import-csv --exchange ID"):
             read_candle_csv(path)
 
 

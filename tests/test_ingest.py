@@ -9,6 +9,7 @@ import pytest
 
 from btc_lstm.candles import Series, datetime_to_ms
 from btc_lstm.errors import (
+    ConfigError,
     ExchangeError,
     ExchangeUnavailableError,
     UnknownExchangeError,
@@ -131,6 +132,21 @@ class TestExchangeErrors:
 
         with pytest.raises(ExchangeError, match="has no '5h' candles"):
             ingest_from_exchange(engine, series, START, config, state.now_ms)
+
+    def test_wrong_ccxt_option_type(self, engine, binance):
+        state, config = binance
+
+        with pytest.raises(ConfigError, match="BTC_LSTM_CCXT_CONFIG"):
+            ingest_from_exchange(
+                engine, SERIES, START, {**config, "timeout": "abc"}, state.now_ms
+            )
+
+    def test_exchange_without_markets(self, engine, binance):
+        state, config = binance
+        state.markets.clear()
+
+        with pytest.raises(ExchangeError, match="returned no markets"):
+            ingest_from_exchange(engine, SERIES, START, config, state.now_ms)
 
     def test_unreachable_exchange_is_temporary(self, engine):
         with socket.socket() as probe:

@@ -75,6 +75,14 @@ class TestOpenDatabase:
         with pytest.raises(DatabaseError, match="invalid database URL"):
             create_db_engine("not a url")
 
+    @pytest.mark.parametrize(
+        "url",
+        ["mysql://user:pw@127.0.0.1/db", "postgresql+asyncpg://user@127.0.0.1/db"],
+    )
+    def test_unsupported_driver(self, url):
+        with pytest.raises(DatabaseError, match="sqlite:///PATH or postgresql://"):
+            create_db_engine(url)
+
     def test_unknown_dialect(self):
         with pytest.raises(DatabaseError, match="cannot use database URL"):
             create_db_engine("nosuchdb://host/db")
