@@ -6,6 +6,7 @@ Prefect.
 """
 
 import argparse
+import datetime as dt
 import json
 import logging
 import os
@@ -117,13 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = add_command("run", "run the daily flow once: ingest, train, forecast")
     _add_series_options(run)
-    _add_csv_option(run)
+    _add_source_options(run)
     _add_model_options(run)
     run.set_defaults(handler=_run_daily)
 
     ingest = add_command("ingest", "run the ingest flow: store new closed candles")
     _add_series_options(ingest)
-    _add_csv_option(ingest)
+    _add_source_options(ingest)
     ingest.set_defaults(handler=_run_ingest)
 
     train = add_command("train", "run the train flow: retrain on the newest window")
@@ -202,7 +203,20 @@ def _add_series_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_csv_option(parser: argparse.ArgumentParser) -> None:
+def _add_source_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--history-start",
+        type=_parse_date,
+        metavar="YYYY-MM-DD",
+        help="UTC day where a first backfill starts (env BTC_LSTM_HISTORY_START)",
+    )
+    parser.add_argument(
+        "--ccxt-config",
+        type=_parse_json_object,
+        metavar="JSON",
+        help="JSON object for the ccxt exchange constructor, replacing "
+        "BTC_LSTM_CCXT_CONFIG",
+    )
     parser.add_argument(
         "--csv",
         dest="csv_paths",
@@ -225,6 +239,27 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     for flag, help_text in options:
         env_name = "BTC_LSTM_" + flag.removeprefix("--").replace("-", "_").upper()
         parser.add_argument(flag, type=int, help=f"{help_text} (env {env_name})")
+
+
+def _parse_date(value: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"invalid date {value!r}; write it as YYYY-MM-DD"
+        ) from exc
+
+
+def _parse_json_object(value: str) -> dict[str, Any]:
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"invalid JSON: {exc}") from exc
+    if not isinstance(parsed, dict):
+        raise argparse.ArgumentTypeError(
+            'expected a JSON object such as {"timeout": 30000}'
+        )
+    return parsed
 
 
 def _comma_list(value: str) -> list[str]:
@@ -280,6 +315,13 @@ def _model_options(arguments: argparse.Namespace) -> dict[str, Any]:
         "horizon_candles": arguments.horizon_candles,
         "epochs": arguments.epochs,
         "random_seed": arguments.random_seed,
+    }
+
+
+def _source_options(arguments: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "history_start": arguments.history_start,
+        "ccxt_config": arguments.ccxt_config,
     }
 
 
@@ -378,7 +420,11 @@ class _TracebackFreeFormatter(logging.Formatter):
 
 
 def _run_daily(arguments: argparse.Namespace) -> int:
-    overrides = {**_series_options(arguments), **_model_options(arguments)}
+    overrides = {
+        **_series_options(arguments),
+        **_source_options(arguments),
+        **_model_options(arguments),
+    }
     csv_paths = _csv_paths(arguments)
     _check_before_flow(overrides, uses_exchange=csv_paths is None)
     _start_flows(arguments.debug)
@@ -389,7 +435,7 @@ def _run_daily(arguments: argparse.Namespace) -> int:
 
 
 def _run_ingest(arguments: argparse.Namespace) -> int:
-    overrides = _series_options(arguments)
+    overrides = {**_series_options(arguments), **_source_options(arguments)}
     csv_paths = _csv_paths(arguments)
     _check_before_flow(overrides, uses_exchange=csv_paths is None)
     _start_flows(arguments.debug)

@@ -6,6 +6,7 @@ The database URL is never a flow parameter, so its password never reaches the
 Prefect API: it comes from BTC_LSTM_DATABASE_URL.
 """
 
+import datetime as dt
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -31,9 +32,21 @@ def ingest(
     exchange: str | None = None,
     timeframe: str | None = None,
     csv_paths: list[str] | None = None,
+    history_start: dt.date | None = None,
+    ccxt_config: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Store new closed candles from the exchange, or from CSV files when given."""
-    settings = load_settings(symbols=symbols, exchange=exchange, timeframe=timeframe)
+    """Store new closed candles from the exchange, or from CSV files when given.
+
+    Keep secrets such as API keys out of `ccxt_config` here, because Prefect
+    stores flow parameters; put them in BTC_LSTM_CCXT_CONFIG on the worker.
+    """
+    settings = load_settings(
+        symbols=symbols,
+        exchange=exchange,
+        timeframe=timeframe,
+        history_start=history_start,
+        ccxt_config=ccxt_config,
+    )
     prepare_database(settings)
 
     if csv_paths:
@@ -105,6 +118,8 @@ def daily(
     exchange: str | None = None,
     timeframe: str | None = None,
     csv_paths: list[str] | None = None,
+    history_start: dt.date | None = None,
+    ccxt_config: dict[str, Any] | None = None,
     window_candles: int | None = None,
     lookback_candles: int | None = None,
     horizon_candles: int | None = None,
@@ -117,7 +132,15 @@ def daily(
     and forecast are the files' own. A series whose ingest failed is neither
     trained nor forecast, and the run ends as failed with the first error.
     """
-    ingest_state = ingest(symbols, exchange, timeframe, csv_paths, return_state=True)
+    ingest_state = ingest(
+        symbols,
+        exchange,
+        timeframe,
+        csv_paths,
+        history_start,
+        ccxt_config,
+        return_state=True,
+    )
     # Only series whose candles arrived are trained and forecast: after a failed
     # ingest there is nothing new to learn from, and the next run catches up.
     groups = _series_groups(_completed_results(ingest_state))

@@ -2,6 +2,7 @@
 
 import datetime as dt
 import json
+import os
 
 import pandas as pd
 import pytest
@@ -102,6 +103,19 @@ class TestDailyThroughExchange:
         assert list(forecast["target_open_time"]) == [
             yesterday + pd.Timedelta(days=step) for step in (1, 2, 3)
         ]
+
+    def test_source_as_flow_parameters(
+        self, flow_environment, open_engine, binance_until_now, monkeypatch
+    ):
+        engine = open_engine(flow_environment)
+        ccxt_config = json.loads(os.environ["BTC_LSTM_CCXT_CONFIG"])
+        history_start = dt.date.fromisoformat(os.environ["BTC_LSTM_HISTORY_START"])
+        monkeypatch.delenv("BTC_LSTM_CCXT_CONFIG")
+        monkeypatch.delenv("BTC_LSTM_HISTORY_START")
+
+        daily(ccxt_config=ccxt_config, history_start=history_start, **SMALL_MODEL)
+
+        assert count_candles(engine, BTC) == 199
 
     def test_second_run_adds_no_rows(
         self, flow_environment, open_engine, binance_until_now
