@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -533,7 +534,7 @@ def _print_predictions(arguments: argparse.Namespace) -> int:
             + ", ".join(str(series) for series in stored)
         )
     frames = [
-        load_latest_forecast(engine, series).assign(**_series_columns(series))
+        load_latest_forecast(engine, series).assign(**asdict(series))
         for series in selected
     ]
 
@@ -556,14 +557,6 @@ def _print_predictions(arguments: argparse.Namespace) -> int:
     else:
         print(table.to_string(index=False))
     return 0
-
-
-def _series_columns(series: Any) -> dict[str, str]:
-    return {
-        "exchange": series.exchange,
-        "symbol": series.symbol,
-        "timeframe": series.timeframe,
-    }
 
 
 def _upgrade_database(arguments: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ Prefect API: it comes from BTC_LSTM_DATABASE_URL.
 import datetime as dt
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import Task, flow, get_run_logger
 from prefect.client.schemas.objects import State
 
 from btc_lstm.candles import Series
@@ -59,9 +59,7 @@ def ingest(
         retries=settings.fetch_retries,
         retry_delay_seconds=retry_delays_seconds(settings),
     )
-    series_list = _series_of(settings)
-    states = [fetch(settings, series, return_state=True) for series in series_list]
-    return _results_or_first_error(states, [str(series) for series in series_list])
+    return _run_for_each_series(fetch, settings)
 
 
 @flow(name="train")
@@ -88,11 +86,7 @@ def train(
     )
     prepare_database(settings)
 
-    series_list = _series_of(settings)
-    states = [
-        train_model(settings, series, return_state=True) for series in series_list
-    ]
-    return _results_or_first_error(states, [str(series) for series in series_list])
+    return _run_for_each_series(train_model, settings)
 
 
 @flow(name="forecast")
@@ -105,11 +99,7 @@ def forecast(
     settings = load_settings(symbols=symbols, exchange=exchange, timeframe=timeframe)
     prepare_database(settings)
 
-    series_list = _series_of(settings)
-    states = [
-        write_forecast(settings, series, return_state=True) for series in series_list
-    ]
-    return _results_or_first_error(states, [str(series) for series in series_list])
+    return _run_for_each_series(write_forecast, settings)
 
 
 @flow(name="daily")
@@ -177,11 +167,18 @@ def daily(
     }
 
 
-def _series_of(settings: Settings) -> list[Series]:
-    return [
+def _run_for_each_series(
+    series_task: Task[[Settings, Series], dict[str, Any]], settings: Settings
+) -> list[dict[str, Any]]:
+    """Run a task once per configured series, one after the other."""
+    series_list = [
         Series(settings.exchange, symbol, settings.timeframe)
         for symbol in settings.symbols
     ]
+    states = [
+        series_task(settings, series, return_state=True) for series in series_list
+    ]
+    return _results_or_first_error(states, [str(series) for series in series_list])
 
 
 def _completed_results(state: State[Any]) -> list[dict[str, Any]]:
