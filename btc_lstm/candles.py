@@ -45,6 +45,32 @@ def last_closed_open_ms(now_ms: int, timeframe_ms: int) -> int:
     return current_open_ms - timeframe_ms
 
 
+def schedule_cron(timeframe: str) -> str:
+    """Return a cron expression, in UTC, that runs shortly after each candle closes.
+
+    Daily and hourly candles are fetched five minutes after they close, and
+    minute candles one minute after, to let the exchange finalize them.
+
+    Raises:
+        ConfigError: the candles do not divide an hour or a day evenly, so no
+            cron expression follows their closes.
+    """
+    length_minutes = timeframe_to_ms(timeframe) // 60_000
+    if length_minutes == 1440:
+        return "5 0 * * *"
+    if length_minutes % 60 == 0 and 24 % (length_minutes // 60) == 0:
+        hours = length_minutes // 60
+        return "5 * * * *" if hours == 1 else f"5 */{hours} * * *"
+    if length_minutes == 1:
+        return "* * * * *"
+    if length_minutes < 60 and 60 % length_minutes == 0:
+        return f"1-59/{length_minutes} * * * *"
+    raise ConfigError(
+        f"no schedule for timeframe {timeframe!r}: its candles do not divide an "
+        "hour or a day evenly; use 1m, 5m, 15m, 30m, 1h, 2h, 4h, 6h, 12h or 1d"
+    )
+
+
 def ms_to_datetime(timestamp_ms: int) -> dt.datetime:
     """Return the timezone-aware UTC datetime of a Unix time in milliseconds."""
     return dt.datetime.fromtimestamp(timestamp_ms / 1000, tz=dt.UTC)

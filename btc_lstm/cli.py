@@ -21,7 +21,7 @@ from btc_lstm.errors import BtcLstmError
 logger = logging.getLogger("btc_lstm.cli")
 
 
-FLOW_COMMANDS = {"run", "ingest", "train", "forecast"}
+FLOW_COMMANDS = {"run", "ingest", "train", "forecast", "serve"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -138,6 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_series_options(forecast)
     forecast.set_defaults(handler=_run_forecast)
+
+    serve = add_command(
+        "serve",
+        "run the daily flow on its schedule, in the foreground, until stopped",
+    )
+    _add_series_options(serve)
+    _add_model_options(serve)
+    serve.set_defaults(handler=_serve)
 
     import_csv = add_command(
         "import-csv", "store the candles of CSV files, without Prefect"
@@ -463,6 +471,30 @@ def _run_forecast(arguments: argparse.Namespace) -> int:
     from flows.pipeline import forecast
 
     forecast(**overrides)
+    return 0
+
+
+def _serve(arguments: argparse.Namespace) -> int:
+    from btc_lstm.candles import schedule_cron
+    from btc_lstm.settings import load_settings
+
+    overrides = {**_series_options(arguments), **_model_options(arguments)}
+    _check_before_flow(overrides, uses_exchange=True)
+    settings = load_settings(**overrides)
+    cron = schedule_cron(settings.timeframe)
+    _start_flows(arguments.debug)
+    from prefect.schedules import Cron
+
+    from flows.pipeline import daily
+
+    # The time zone is explicit, so daylight saving time cannot move the runs.
+    daily.serve(
+        name=f"daily-{settings.timeframe}",
+        schedules=[Cron(cron, timezone="UTC")],
+        parameters={
+            name: value for name, value in overrides.items() if value is not None
+        },
+    )
     return 0
 
 

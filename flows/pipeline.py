@@ -7,9 +7,11 @@ Prefect API: it comes from BTC_LSTM_DATABASE_URL.
 """
 
 import datetime as dt
+from collections.abc import Sequence
 from typing import Any
 
 from prefect import Task, flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
 from prefect.client.schemas.objects import State
 
 from btc_lstm.candles import Series
@@ -158,13 +160,65 @@ def daily(
             forecast(group_symbols, group_exchange, group_timeframe, return_state=True)
         )
 
-    # Each .result() raises its flow's error, so the run fails with the first
-    # failure in pipeline order: an exchange outage before its consequences.
-    return {
-        "ingested": ingest_state.result(),
-        "trained": [row for state in train_states for row in state.result()],
-        "forecasts": [row for state in forecast_states for row in state.result()],
+    summary = {
+        "ingested": _completed_results(ingest_state),
+        "trained": [row for state in train_states for row in _completed_results(state)],
+        "forecasts": [
+            row for state in forecast_states for row in _completed_results(state)
+        ],
     }
+    errors = [
+        outcome
+        for state in [ingest_state, *train_states, *forecast_states]
+        if isinstance(outcome := state.result(raise_on_failure=False), BaseException)
+    ]
+    create_markdown_artifact(
+        key="daily-summary",
+        markdown=summary_markdown(summary, errors),
+        description="Candles stored, models trained and forecasts written",
+    )
+    # The run fails with the first failure in pipeline order: an exchange outage
+    # before its consequences.
+    if errors:
+        raise errors[0]
+    return summary
+
+
+def summary_markdown(summary: dict[str, Any], errors: Sequence[BaseException]) -> str:
+    """Return a Markdown report of one daily run, one table per stage."""
+    lines = ["# Daily run", "", "## Candles", ""]
+    lines += ["| series | received | new | revised | invalid | newest |"]
+    lines += ["| --- | ---: | ---: | ---: | ---: | --- |"]
+    for row in summary["ingested"]:
+        lines.append(
+            f"| {_series_name(row)} | {row['received']} | {row['inserted']} | "
+            f"{row['updated']} | {row['invalid']} | {row['last_open_time'] or '-'} |"
+        )
+    lines += ["", "## Models", "", "| series | model run | trained now | "]
+    lines[-1] += "validation MAE ratio to last close, step 1 |"
+    lines += ["| --- | ---: | --- | ---: |"]
+    for row in summary["trained"]:
+        ratio = row["metrics"].get("mae_ratio_to_last_close_step_1")
+        lines.append(
+            f"| {_series_name(row)} | {row['model_run_id']} | "
+            f"{'yes' if row['trained'] else 'no, reused'} | "
+            f"{'-' if ratio is None else f'{ratio:.3f}'} |"
+        )
+    lines += ["", "## Forecasts", "", "| series | model run | as of | rows written |"]
+    lines += ["| --- | ---: | --- | ---: |"]
+    for row in summary["forecasts"]:
+        lines.append(
+            f"| {_series_name(row)} | {row['model_run_id']} | "
+            f"{row['as_of_open_time']} | {row['rows_written']} |"
+        )
+    if errors:
+        lines += ["", "## Failures", ""]
+        lines += [f"- {type(error).__name__}: {error}" for error in errors]
+    return "\n".join(lines) + "\n"
+
+
+def _series_name(row: dict[str, Any]) -> str:
+    return f"{row['exchange']} {row['symbol']} {row['timeframe']}"
 
 
 def _run_for_each_series(

@@ -216,3 +216,82 @@ class TestPartialFailure:
 
         assert row_count(engine, model_runs) == 0
         assert "need 120 closed 1d candles" not in caplog.text
+
+
+class TestServe:
+    def test_serve_creates_utc_schedule_for_timeframe(
+        self, prefect_harness, database_url, tmp_path
+    ):
+        import subprocess
+        import sys
+        import time
+
+        from prefect.client.orchestration import get_client
+        from prefect.settings import PREFECT_API_URL
+
+        from tests.conftest import REPOSITORY
+
+        environment = {
+            "PATH": os.environ.get("PATH", ""),
+            "HOME": str(tmp_path),
+            "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "BTC_LSTM_DATABASE_URL": database_url,
+        }
+        command = [sys.executable, "-m", "btc_lstm.cli", "serve"]
+        server = subprocess.Popen(
+            [*command, "--timeframe", "4h", "--symbols", "ETH/USDT"],
+            cwd=REPOSITORY,
+            env=environment,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deployment = None
+        try:
+            with get_client(sync_client=True) as client:
+                deadline = time.monotonic() + 120
+                while deployment is None and time.monotonic() < deadline:
+                    assert server.poll() is None, server.stderr.read()[-2000:]
+                    try:
+                        deployment = client.read_deployment_by_name("daily/daily-4h")
+                    except Exception:  # noqa: BLE001 - not created yet
+                        time.sleep(1)
+        finally:
+            server.terminate()
+            server.communicate(timeout=60)
+
+        assert deployment is not None
+        (schedule,) = deployment.schedules
+        assert schedule.schedule.cron == "5 */4 * * *"
+        assert schedule.schedule.timezone == "UTC"
+        assert deployment.parameters == {"symbols": ["ETH/USDT"], "timeframe": "4h"}
+
+
+class TestArtifacts:
+    def test_daily_run_leaves_markdown_summary(
+        self, flow_environment, binance_until_now
+    ):
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+        state = daily(**SMALL_MODEL, return_state=True)
+
+        flow_run_id = state.state_details.flow_run_id
+        key_filter = ArtifactFilter(key=ArtifactFilterKey(any_=["daily-summary"]))
+        with get_client(sync_client=True) as client:
+            artifacts = client.read_artifacts(artifact_filter=key_filter)
+        (artifact,) = [item for item in artifacts if item.flow_run_id == flow_run_id]
+        assert "| binance BTC/USDT 1d | 199 | 199 | 0 | 0 |" in artifact.data
+        assert "## Forecasts" in artifact.data
+        assert "## Failures" not in artifact.data
+
+    def test_summary_lists_failures(self):
+        from flows.pipeline import summary_markdown
+
+        markdown = summary_markdown(
+            {"ingested": [], "trained": [], "forecasts": []},
+            [ExchangeUnavailableError("binance: load markets failed")],
+        )
+
+        assert "- ExchangeUnavailableError: binance: load markets failed" in markdown

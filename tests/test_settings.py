@@ -2,7 +2,7 @@ import datetime as dt
 
 import pytest
 
-from btc_lstm.candles import last_closed_open_ms, timeframe_to_ms
+from btc_lstm.candles import last_closed_open_ms, schedule_cron, timeframe_to_ms
 from btc_lstm.errors import ConfigError
 from btc_lstm.settings import load_settings
 
@@ -88,3 +88,24 @@ class TestTimeframes:
         midnight_ms = 20_000 * DAY_MS
 
         assert last_closed_open_ms(midnight_ms, DAY_MS) == 19_999 * DAY_MS
+
+
+class TestScheduleCron:
+    @pytest.mark.parametrize(
+        ("timeframe", "cron"),
+        [
+            ("1d", "5 0 * * *"),
+            ("12h", "5 */12 * * *"),
+            ("4h", "5 */4 * * *"),
+            ("1h", "5 * * * *"),
+            ("15m", "1-59/15 * * * *"),
+            ("1m", "* * * * *"),
+        ],
+    )
+    def test_runs_after_candle_closes(self, timeframe, cron):
+        assert schedule_cron(timeframe) == cron
+
+    @pytest.mark.parametrize("timeframe", ["5h", "7m", "90m"])
+    def test_uneven_timeframe_has_no_schedule(self, timeframe):
+        with pytest.raises(ConfigError, match="no schedule for timeframe"):
+            schedule_cron(timeframe)
