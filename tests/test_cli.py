@@ -28,7 +28,13 @@ def loaded_modules_after(arguments, cwd, env_url):
     completed = subprocess.run(
         [sys.executable, "-c", script],
         cwd=cwd,
-        env={"BTC_LSTM_DATABASE_URL": env_url, "PATH": ""},
+        env={
+            "BTC_LSTM_DATABASE_URL": env_url,
+            "PATH": "",
+            "HOME": str(cwd),
+            "PREFECT_HOME": str(cwd / "prefect"),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        },
         capture_output=True,
         text=True,
         check=True,
@@ -52,6 +58,16 @@ class TestFastPath:
         loaded = loaded_modules_after(arguments, tmp_path, database_url)
 
         assert loaded == []
+
+    @pytest.mark.slow
+    def test_ingest_flow_skips_tensorflow(self, database_url, tmp_path, btc_csv):
+        loaded = loaded_modules_after(
+            ["ingest", "--csv", str(btc_csv)], tmp_path, database_url
+        )
+
+        assert "prefect" in loaded
+        assert "tensorflow" not in loaded
+        assert "keras" not in loaded
 
     def test_import_csv_skips_tensorflow(self, database_url, tmp_path, btc_csv):
         loaded = loaded_modules_after(
