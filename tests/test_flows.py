@@ -144,6 +144,29 @@ class TestDailyThroughExchange:
         # One try plus BTC_LSTM_FETCH_RETRIES=1 retry, each stopping at exchangeInfo.
         assert state.requests == ["/api/v3/exchangeInfo"] * 2
 
+    def test_run_after_outage_catches_up(
+        self, flow_environment, open_engine, binance_until_now
+    ):
+        engine = open_engine(flow_environment)
+        state, candles = binance_until_now
+        state.now_ms -= 3 * 86_400_000
+        daily(**SMALL_MODEL)
+        state.now_ms += 3 * 86_400_000
+        state.failure = (503, "<html>Service Unavailable</html>")
+        with pytest.raises(ExchangeUnavailableError):
+            daily(**SMALL_MODEL)
+        state.failure = None
+
+        daily(**SMALL_MODEL)
+
+        yesterday = candles["open_time"].iloc[-2]
+        assert count_candles(engine, BTC) == 199
+        assert load_latest_forecast(engine, BTC)["as_of_open_time"].iloc[0] == yesterday
+        # One forecast before the outage and one for the newest candle after it,
+        # none for the days in between.
+        assert row_count(engine, predictions) == 2 * 3
+        assert row_count(engine, model_runs) == 2
+
     def test_bad_symbol_is_not_retried_and_spares_others(
         self, flow_environment, open_engine, binance_until_now
     ):
