@@ -34,12 +34,12 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY))
 
 from btc_lstm.candles import datetime_to_ms  # noqa: E402
-from tests.conftest import make_candles  # noqa: E402
 from tests.exchange_server import (  # noqa: E402
     BinanceState,
     binance_ccxt_config,
     run_binance_server,
 )
+from tests.factories import make_candles  # noqa: E402
 
 HISTORY_DAYS = 800
 

@@ -49,5 +49,9 @@ class TrainingError(BtcLstmError):
     """Training produced a model whose outputs are not finite numbers."""
 
 
+class FanOutError(BtcLstmError):
+    """Some of the per-symbol deployment runs of a fanned-out run did not complete."""
+
+
 class ForecastError(BtcLstmError):
     """A stored model produced closes that are not finite and positive."""

@@ -7,14 +7,18 @@ Prefect API: it comes from BTC_LSTM_DATABASE_URL.
 """
 
 import datetime as dt
+import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
-from prefect import Task, flow, get_run_logger
+from prefect import Task, flow, get_client, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.client.schemas.objects import State
+from prefect.client.schemas.objects import FlowRun, State
+from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound
 
 from btc_lstm.candles import Series
+from btc_lstm.errors import FanOutError
 from btc_lstm.settings import Settings, load_settings
 from flows.tasks import (
     fetch_candles,
@@ -26,6 +30,7 @@ from flows.tasks import (
 )
 
 COMPLETED_RESULTS = "btc_lstm_completed_results"
+FAN_OUT_POLL_SECONDS = 2.0
 
 
 @flow(name="ingest")
@@ -117,13 +122,37 @@ def daily(
     horizon_candles: int | None = None,
     epochs: int | None = None,
     random_seed: int | None = None,
+    fan_out_deployment: str | None = None,
 ) -> dict[str, Any]:
     """Ingest, train and forecast, in that order.
 
     With `csv_paths`, the candles come from those files and the series to train
     and forecast are the files' own. A series whose ingest failed is neither
     trained nor forecast, and the run ends as failed with the first error.
+
+    With `fan_out_deployment` (such as "daily/daily"), this run starts one run of
+    that deployment per symbol instead, so the workers of its pool share the
+    symbols, and waits for all of them.
     """
+    if fan_out_deployment:
+        settings = load_settings(symbols=symbols)
+        parameters = {
+            name: value
+            for name, value in {
+                "exchange": exchange,
+                "timeframe": timeframe,
+                "history_start": history_start,
+                "ccxt_config": ccxt_config,
+                "window_candles": window_candles,
+                "lookback_candles": lookback_candles,
+                "horizon_candles": horizon_candles,
+                "epochs": epochs,
+                "random_seed": random_seed,
+            }.items()
+            if value is not None
+        }
+        return fan_out(fan_out_deployment, settings.symbols, parameters)
+
     ingest_state = ingest(
         symbols,
         exchange,
@@ -219,6 +248,74 @@ def summary_markdown(summary: dict[str, Any], errors: Sequence[BaseException]) -
 
 def _series_name(row: dict[str, Any]) -> str:
     return f"{row['exchange']} {row['symbol']} {row['timeframe']}"
+
+
+def fan_out(
+    deployment_name: str, symbols: list[str], parameters: dict[str, Any]
+) -> dict[str, Any]:
+    """Start one deployment run per symbol, wait for all, and fail if any failed.
+
+    The runs are subflows of this one in the Prefect UI. Each is an ordinary
+    daily run for one symbol, picked up by whichever worker of the deployment's
+    pool is free, so the model of each symbol travels through the database.
+    """
+    logger = get_run_logger()
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_deployment_by_name(deployment_name)
+        except ObjectNotFound as exc:
+            raise FanOutError(
+                f"deployment {deployment_name!r} not found on the Prefect server; "
+                "create it with `prefect deploy` or `btc-lstm serve`"
+            ) from exc
+    child_runs = {
+        # Called from a synchronous flow, run_deployment returns the FlowRun.
+        symbol: cast(
+            FlowRun,
+            run_deployment(
+                deployment_name,
+                parameters={**parameters, "symbols": [symbol]},
+                flow_run_name=f"daily-{symbol.replace('/', '-').lower()}",
+                timeout=0,
+            ),
+        )
+        for symbol in symbols
+    }
+    logger.info("started %d runs of %s: %s", len(child_runs), deployment_name, symbols)
+    finished = _wait_for_runs({symbol: run.id for symbol, run in child_runs.items()})
+
+    failed = {
+        symbol: run for symbol, run in finished.items() if run["state"] != "COMPLETED"
+    }
+    summary = {"runs": finished}
+    if failed:
+        details = ", ".join(
+            f"{symbol} {run['state']}" for symbol, run in failed.items()
+        )
+        raise FanOutError(
+            f"{len(failed)} of {len(finished)} symbol runs of {deployment_name} did "
+            f"not complete: {details}; see those flow runs' logs"
+        )
+    return summary
+
+
+def _wait_for_runs(run_ids: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    finished: dict[str, dict[str, Any]] = {}
+    with get_client(sync_client=True) as client:
+        while len(finished) < len(run_ids):
+            for symbol, run_id in run_ids.items():
+                if symbol in finished:
+                    continue
+                run = client.read_flow_run(run_id)
+                if run.state is not None and run.state.is_final():
+                    finished[symbol] = {
+                        "flow_run_id": str(run_id),
+                        "flow_run_name": run.name,
+                        "state": run.state.type.value,
+                    }
+            if len(finished) < len(run_ids):
+                time.sleep(FAN_OUT_POLL_SECONDS)
+    return finished
 
 
 def _run_for_each_series(

@@ -14,9 +14,6 @@ os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
 # Prefect binds its console log handler to the sys.stderr of the moment it is
 # first imported. Importing it here binds it to pytest's session-wide capture
 # instead of one test's capsys stream, which is closed after that test.
@@ -27,6 +24,7 @@ from sqlalchemy.engine import Engine
 
 from btc_lstm.migrate import upgrade_database
 from btc_lstm.store import create_db_engine
+from tests.factories import make_candles  # noqa: F401 - tests import it from here
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 SHARED_CANDLES = REPOSITORY.parent / "shared" / "data" / "binance_daily"
@@ -98,31 +96,6 @@ def require_shared_file(name: str) -> Path:
 @pytest.fixture
 def btc_csv() -> Path:
     return require_shared_file("Binance_BTCUSDT_d.csv")
-
-
-def make_candles(
-    count: int,
-    start: str = "2022-01-01",
-    frequency: str = "D",
-    seed: int = 7,
-    first_close: float = 100.0,
-) -> pd.DataFrame:
-    """Return a random walk of valid candles, oldest first."""
-    returns = np.random.default_rng(seed).normal(0.0, 0.02, count)
-    closes = first_close * np.cumprod(1 + returns)
-    opens = np.concatenate([[first_close], closes[:-1]])
-    highs = np.maximum(opens, closes) * 1.01
-    lows = np.minimum(opens, closes) * 0.99
-    return pd.DataFrame(
-        {
-            "open_time": pd.date_range(start, periods=count, freq=frequency, tz="UTC"),
-            "open": opens,
-            "high": highs,
-            "low": lows,
-            "close": closes,
-            "volume": 1000.0,
-        }
-    )
 
 
 @pytest.fixture(scope="session")

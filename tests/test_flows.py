@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from btc_lstm.candles import Series, datetime_to_ms
 from btc_lstm.csv_import import read_candle_csv
-from btc_lstm.errors import ExchangeUnavailableError, UnknownSymbolError
+from btc_lstm.errors import ExchangeUnavailableError, FanOutError, UnknownSymbolError
 from btc_lstm.store import (
     count_candles,
     load_candles,
@@ -318,3 +318,83 @@ class TestArtifacts:
         )
 
         assert "- ExchangeUnavailableError: binance: load markets failed" in markdown
+
+
+class TestFanOut:
+    def test_missing_deployment_is_named(self, flow_environment):
+        with pytest.raises(FanOutError, match="deployment 'daily/nowhere' not found"):
+            daily(symbols=["BTC/USDT"], fan_out_deployment="daily/nowhere")
+
+    def test_symbols_run_as_deployment_runs(
+        self, flow_environment, open_engine, binance_until_now, tmp_path
+    ):
+        """`btc-lstm serve` executes the per-symbol runs that the parent starts."""
+        import subprocess
+        import sys
+        import time
+
+        from prefect.client.orchestration import get_client
+        from prefect.settings import PREFECT_API_URL
+
+        from tests.conftest import REPOSITORY
+
+        state, candles = binance_until_now
+        state.markets["ETHUSDT"] = (
+            "ETH",
+            "USDT",
+            make_candles(200, seed=3).assign(open_time=candles["open_time"]),
+        )
+        engine = open_engine(flow_environment)
+        environment = {
+            **{
+                name: value
+                for name, value in os.environ.items()
+                if name.startswith("BTC_LSTM_")
+            },
+            "PATH": os.environ.get("PATH", ""),
+            "HOME": str(tmp_path),
+            "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+        }
+        environment.pop("BTC_LSTM_TEST_DATABASE_URL", None)
+        model_flags = [
+            "--window-candles",
+            "120",
+            "--lookback-candles",
+            "10",
+            "--horizon-candles",
+            "3",
+            "--epochs",
+            "2",
+        ]
+        server = subprocess.Popen(
+            [sys.executable, "-m", "btc_lstm.cli", "serve", *model_flags],
+            cwd=REPOSITORY,
+            env=environment,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            with get_client(sync_client=True) as client:
+                deadline = time.monotonic() + 120
+                while time.monotonic() < deadline:
+                    assert server.poll() is None, server.stderr.read()[-2000:]
+                    try:
+                        client.read_deployment_by_name("daily/daily-1d")
+                        break
+                    except Exception:  # noqa: BLE001 - not created yet
+                        time.sleep(1)
+
+            summary = daily(
+                symbols=["BTC/USDT", "ETH/USDT"], fan_out_deployment="daily/daily-1d"
+            )
+        finally:
+            server.terminate()
+            server.communicate(timeout=60)
+
+        assert {run["state"] for run in summary["runs"].values()} == {"COMPLETED"}
+        for symbol in ("BTC/USDT", "ETH/USDT"):
+            series = Series("binance", symbol, "1d")
+            assert len(load_latest_forecast(engine, series)) == 3
