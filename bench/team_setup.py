@@ -208,7 +208,7 @@ def report(parent: Any, symbols: list[str], wall_seconds: float) -> None:
                 log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[child.id])),
                 limit=200,
             )
-            # A worker may try a run and back off when another got it first; the
+            # A worker may try a run and back off when another got it first. The
             # last submission in the run's log is the one that ran it.
             workers = [
                 match.group(1)
@@ -236,7 +236,7 @@ def wait_for_health(api_url: str) -> None:
                 return
         except OSError:
             time.sleep(1)
-    raise RuntimeError(f"Prefect server at {api_url} did not answer within 180 s")
+    raise RuntimeError(f"Prefect server at {api_url} did not respond within 180 s")
 
 
 def start(

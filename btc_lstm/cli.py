@@ -388,7 +388,7 @@ def _start_flows(debug: bool) -> None:
 
 
 def _check_prefect_api() -> None:
-    """Check that a configured Prefect API answers, before a flow run needs it.
+    """Check that a configured Prefect API responds, before a flow run needs it.
 
     Raises:
         BtcLstmError: PREFECT_API_URL is set, in the environment or the active

@@ -218,11 +218,13 @@ def summary_markdown(summary: dict[str, Any], errors: Sequence[BaseException]) -
     lines = ["# Daily run", "", "## Candles", ""]
     lines += ["| series | received | new | revised | invalid | newest |"]
     lines += ["| --- | ---: | ---: | ---: | ---: | --- |"]
+
     for row in summary["ingested"]:
         lines.append(
             f"| {_series_name(row)} | {row['received']} | {row['inserted']} | "
             f"{row['updated']} | {row['invalid']} | {row['last_open_time'] or '-'} |"
         )
+
     lines += ["", "## Models", "", "| series | model run | trained now | "]
     lines[-1] += "validation MAE ratio to last close, step 1 |"
     lines += ["| --- | ---: | --- | ---: |"]
@@ -233,6 +235,7 @@ def summary_markdown(summary: dict[str, Any], errors: Sequence[BaseException]) -
             f"{'yes' if row['trained'] else 'no, reused'} | "
             f"{'-' if ratio is None else f'{ratio:.3f}'} |"
         )
+
     lines += ["", "## Forecasts", "", "| series | model run | as of | rows written |"]
     lines += ["| --- | ---: | --- | ---: |"]
     for row in summary["forecasts"]:
@@ -240,6 +243,7 @@ def summary_markdown(summary: dict[str, Any], errors: Sequence[BaseException]) -
             f"| {_series_name(row)} | {row['model_run_id']} | "
             f"{row['as_of_open_time']} | {row['rows_written']} |"
         )
+
     if errors:
         lines += ["", "## Failures", ""]
         lines += [f"- {type(error).__name__}: {error}" for error in errors]
