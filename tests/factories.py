@@ -1,7 +1,11 @@
 """Generated candles for tests and benchmarks; importing this loads no Prefect."""
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
+
+from btc_lstm.settings import Settings, load_settings
 
 
 def make_candles(
@@ -27,3 +31,16 @@ def make_candles(
             "volume": 1000.0,
         }
     )
+
+
+def small_settings(**overrides: Any) -> Settings:
+    """Return settings of a model small enough to train in a second or two."""
+    values = {
+        "window_candles": 120,
+        "lookback_candles": 10,
+        "horizon_candles": 3,
+        "epochs": 3,
+        "lstm_units": 8,
+        "random_seed": 11,
+    }
+    return load_settings(**{**values, **overrides})

@@ -5,7 +5,6 @@ import sqlalchemy as sa
 from btc_lstm.candles import Series
 from btc_lstm.errors import ForecastError, ModelNotFoundError
 from btc_lstm.forecast import forecast_series
-from btc_lstm.settings import load_settings
 from btc_lstm.store import (
     load_latest_forecast,
     model_runs,
@@ -14,22 +13,11 @@ from btc_lstm.store import (
 )
 from btc_lstm.train import train_series
 from tests.conftest import make_candles
+from tests.factories import small_settings
 
 SERIES = Series("binance", "BTC/USDT", "1d")
 
 pytestmark = pytest.mark.slow
-
-
-def small_settings(**overrides):
-    values = {
-        "window_candles": 120,
-        "lookback_candles": 10,
-        "horizon_candles": 3,
-        "epochs": 3,
-        "lstm_units": 8,
-        "random_seed": 11,
-    }
-    return load_settings(**{**values, **overrides})
 
 
 def count_predictions(engine):

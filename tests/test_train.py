@@ -6,7 +6,6 @@ import sqlalchemy as sa
 from btc_lstm.candles import Series
 from btc_lstm.errors import InsufficientHistoryError, TrainingError
 from btc_lstm.features import Standardizer, build_windows, candle_features
-from btc_lstm.settings import load_settings
 from btc_lstm.store import model_runs, upsert_candles
 from btc_lstm.train import (
     fit_model,
@@ -15,20 +14,9 @@ from btc_lstm.train import (
     train_series,
 )
 from tests.conftest import make_candles
+from tests.factories import small_settings
 
 SERIES = Series("binance", "BTC/USDT", "1d")
-
-
-def small_settings(**overrides):
-    values = {
-        "window_candles": 120,
-        "lookback_candles": 10,
-        "horizon_candles": 3,
-        "epochs": 3,
-        "lstm_units": 8,
-        "random_seed": 11,
-    }
-    return load_settings(**{**values, **overrides})
 
 
 class TestWindows:
