@@ -26,12 +26,8 @@ import sqlalchemy as sa
 from btc_lstm.candles import Series
 from btc_lstm.ingest import import_candle_file
 from btc_lstm.migrate import upgrade_database
-from btc_lstm.store import (
-    create_db_engine,
-    insert_model_run,
-    insert_predictions,
-    upsert_candles,
-)
+from btc_lstm.store import insert_model_run, insert_predictions, upsert_candles
+from btc_lstm.store.connection import create_db_engine
 
 SHARED_CANDLES = Path(__file__).resolve().parents[2] / "shared/data/binance_daily"
 SHARED_FILES = ["BTCUSDT", "ETHUSDT", "LTCUSDT", "XRPUSDT"]

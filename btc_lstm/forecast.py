@@ -21,8 +21,8 @@ from btc_lstm.store import (
     insert_predictions,
     load_candles,
     load_latest_model_run,
-    series_lock,
 )
+from btc_lstm.store.connection import series_lock
 
 logger = logging.getLogger(__name__)
 

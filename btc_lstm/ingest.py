@@ -13,7 +13,8 @@ from sqlalchemy.engine import Engine
 from btc_lstm.candles import Series, datetime_to_ms, find_invalid_candles
 from btc_lstm.csv_import import read_candle_csv
 from btc_lstm.exchange import check_market, create_exchange, fetch_closed_candles
-from btc_lstm.store import latest_open_time, series_lock, upsert_candles
+from btc_lstm.store import latest_open_time, upsert_candles
+from btc_lstm.store.connection import series_lock
 
 logger = logging.getLogger(__name__)
 

@@ -20,13 +20,8 @@ from btc_lstm.features import (
     require_contiguous,
 )
 from btc_lstm.settings import Settings, minimum_window_candles
-from btc_lstm.store import (
-    count_candles,
-    find_model_run,
-    insert_model_run,
-    load_candles,
-    series_lock,
-)
+from btc_lstm.store import count_candles, find_model_run, insert_model_run, load_candles
+from btc_lstm.store.connection import series_lock
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from btc_lstm.errors import ExchangeUnavailableError
 from btc_lstm.ingest import import_candle_file, ingest_from_exchange
 from btc_lstm.migrate import upgrade_database
 from btc_lstm.settings import Settings
-from btc_lstm.store import create_db_engine
+from btc_lstm.store.connection import create_db_engine
 
 # Prefect's logging setup leaves extra loggers at the root level, WARNING, so the
 # library's per-stage INFO lines would not reach a deployed run's logs.

@@ -6,7 +6,8 @@ from alembic import context
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
-from btc_lstm.store import create_db_engine, metadata
+from btc_lstm.store.connection import create_db_engine
+from btc_lstm.store.schema import metadata
 
 # Any fixed 64-bit number works; it only has to be the same for every process.
 POSTGRES_MIGRATION_LOCK_ID = 7_305_112_905

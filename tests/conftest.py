@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from btc_lstm.migrate import upgrade_database
-from btc_lstm.store import create_db_engine
+from btc_lstm.store.connection import create_db_engine
 from tests.factories import make_candles  # noqa: F401 - tests import it from here
 
 REPOSITORY = Path(__file__).resolve().parents[1]

@@ -12,7 +12,8 @@ import sqlalchemy as sa
 from btc_lstm.candles import Series
 from btc_lstm.forecast import forecast_series
 from btc_lstm.settings import load_settings
-from btc_lstm.store import model_runs, ohlcv, predictions, upsert_candles
+from btc_lstm.store import upsert_candles
+from btc_lstm.store.schema import model_runs, ohlcv, predictions
 from btc_lstm.train import train_series
 from tests.conftest import REPOSITORY, make_candles
 

@@ -11,14 +11,8 @@ import sqlalchemy as sa
 from btc_lstm.candles import Series, datetime_to_ms
 from btc_lstm.csv_import import read_candle_csv
 from btc_lstm.errors import ExchangeUnavailableError, FanOutError, UnknownSymbolError
-from btc_lstm.store import (
-    count_candles,
-    load_candles,
-    load_latest_forecast,
-    model_runs,
-    ohlcv,
-    predictions,
-)
+from btc_lstm.store import count_candles, load_candles, load_latest_forecast
+from btc_lstm.store.schema import model_runs, ohlcv, predictions
 from flows.pipeline import daily, ingest
 from tests.conftest import make_candles
 from tests.exchange_server import BinanceState, binance_ccxt_config, run_binance_server

@@ -5,12 +5,8 @@ import sqlalchemy as sa
 from btc_lstm.candles import Series
 from btc_lstm.errors import ForecastError, ModelNotFoundError
 from btc_lstm.forecast import forecast_series
-from btc_lstm.store import (
-    load_latest_forecast,
-    model_runs,
-    predictions,
-    upsert_candles,
-)
+from btc_lstm.store import load_latest_forecast, upsert_candles
+from btc_lstm.store.schema import model_runs, predictions
 from btc_lstm.train import train_series
 from tests.conftest import make_candles
 from tests.factories import small_settings

@@ -16,14 +16,9 @@ from btc_lstm.migrate import (
     require_current_schema,
     upgrade_database,
 )
-from btc_lstm.store import (
-    create_db_engine,
-    latest_open_time,
-    load_candles,
-    mask_database_url,
-    metadata,
-    upsert_candles,
-)
+from btc_lstm.store import latest_open_time, load_candles, upsert_candles
+from btc_lstm.store.connection import create_db_engine, mask_database_url
+from btc_lstm.store.schema import metadata
 from tests.conftest import make_candles
 
 SERIES = Series("binance", "BTC/USDT", "1d")

@@ -6,7 +6,8 @@ import sqlalchemy as sa
 from btc_lstm.candles import Series
 from btc_lstm.errors import InsufficientHistoryError, TrainingError
 from btc_lstm.features import Standardizer, build_windows, candle_features
-from btc_lstm.store import model_runs, upsert_candles
+from btc_lstm.store import upsert_candles
+from btc_lstm.store.schema import model_runs
 from btc_lstm.train import (
     fit_model,
     require_finite_training,

@@ -1,0 +1,145 @@
+"""CLI commands that read or change the database without Prefect."""
+
+import argparse
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from btc_lstm.cli.engines import open_engine
+from btc_lstm.errors import BtcLstmError
+
+
+def open_database(upgrade: bool) -> Any:
+    from btc_lstm.migrate import require_current_schema, upgrade_database
+    from btc_lstm.settings import load_settings
+
+    database_url = load_settings().database_url
+    if not upgrade:
+        _require_existing_sqlite_file(database_url)
+    engine = open_engine(database_url)
+    if upgrade:
+        upgrade_database(engine)
+    else:
+        require_current_schema(engine)
+    return engine
+
+
+def _require_existing_sqlite_file(database_url: str) -> None:
+    """Reject a SQLite path that does not exist, instead of creating an empty file."""
+    from btc_lstm.store.connection import normalize_database_url
+
+    url = normalize_database_url(database_url)
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return
+    if not Path(url.database).exists():
+        raise BtcLstmError(
+            f"database file {url.database} does not exist; check "
+            "BTC_LSTM_DATABASE_URL, or create it with `btc-lstm db upgrade` or "
+            "`btc-lstm run`"
+        )
+
+
+def import_csv_files(arguments: argparse.Namespace) -> int:
+    from btc_lstm.ingest import import_candle_file
+
+    engine = open_database(upgrade=True)
+    for path in arguments.paths:
+        result = import_candle_file(
+            engine, path, exchange=arguments.exchange, symbol=arguments.symbol
+        )
+        print(
+            f"{path}: {result.exchange} {result.symbol} {result.timeframe}: "
+            f"{result.received} rows read, {result.inserted} new, "
+            f"{result.updated} revised"
+        )
+    return 0
+
+
+def print_predictions(arguments: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from btc_lstm.store import list_series, load_latest_forecast
+
+    engine = open_database(upgrade=False)
+    stored = list_series(engine)
+    if not stored:
+        raise BtcLstmError("no forecasts stored yet; run `btc-lstm run` first")
+    selected = [
+        series
+        for series in stored
+        if arguments.exchange in (None, series.exchange)
+        and arguments.symbol in (None, series.symbol)
+        and arguments.timeframe in (None, series.timeframe)
+    ]
+    if not selected:
+        raise BtcLstmError(
+            "no forecasts match the filters; forecasts exist for "
+            + ", ".join(str(series) for series in stored)
+        )
+    frames = [
+        load_latest_forecast(engine, series).assign(**asdict(series))
+        for series in selected
+    ]
+
+    columns = [
+        "exchange",
+        "symbol",
+        "timeframe",
+        "as_of_open_time",
+        "target_open_time",
+        "horizon_step",
+        "predicted_close",
+        "model_run_id",
+    ]
+    table = pd.concat(frames, ignore_index=True)[columns]
+    if arguments.format == "csv":
+        print(table.to_csv(index=False), end="")
+    elif arguments.format == "json":
+        records = table.astype({"as_of_open_time": str, "target_open_time": str})
+        print(json.dumps(records.to_dict(orient="records"), indent=2))
+    else:
+        print(table.to_string(index=False))
+    return 0
+
+
+def upgrade_database_command(arguments: argparse.Namespace) -> int:
+    from btc_lstm.migrate import current_revision, upgrade_database
+    from btc_lstm.settings import load_settings
+    from btc_lstm.store.connection import mask_database_url
+
+    database_url = load_settings().database_url
+    engine = open_engine(database_url)
+    upgrade_database(engine, arguments.revision)
+    print(
+        f"{mask_database_url(database_url)}: schema at revision "
+        f"{current_revision(engine)}"
+    )
+    return 0
+
+
+def downgrade_database_command(arguments: argparse.Namespace) -> int:
+    from btc_lstm.migrate import current_revision, downgrade_database
+    from btc_lstm.settings import load_settings
+    from btc_lstm.store.connection import mask_database_url
+
+    database_url = load_settings().database_url
+    engine = open_engine(database_url)
+    downgrade_database(engine, arguments.revision)
+    print(
+        f"{mask_database_url(database_url)}: schema at revision "
+        f"{current_revision(engine) or 'base (no tables)'}"
+    )
+    return 0
+
+
+def print_revision(arguments: argparse.Namespace) -> int:
+    from btc_lstm.migrate import current_revision, head_revision
+    from btc_lstm.settings import load_settings
+
+    database_url = load_settings().database_url
+    _require_existing_sqlite_file(database_url)
+    engine = open_engine(database_url)
+    current = current_revision(engine)
+    print(f"current: {current or 'none (empty database)'}; newest: {head_revision()}")
+    return 0

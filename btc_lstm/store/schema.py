@@ -1,0 +1,115 @@
+"""SQLAlchemy tables of the store, mirrored by the Alembic migrations in migrations/.
+
+A test checks that these definitions and the migrations do not drift.
+"""
+
+import datetime as dt
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.types import TypeDecorator
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """A timestamp stored in UTC and always read back timezone-aware.
+
+    Postgres stores `timestamptz`. SQLite has no timestamp type, so the value is
+    stored as naive UTC text such as "2025-03-16 00:00:00.000000".
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(
+        self, value: dt.datetime | None, dialect: sa.Dialect
+    ) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"timestamp {value} has no time zone; pass UTC times")
+        value = value.astimezone(dt.UTC)
+        if dialect.name == "sqlite":
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(
+        self, value: dt.datetime | None, dialect: sa.Dialect
+    ) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value.astimezone(dt.UTC)
+
+
+def _json_type() -> sa.types.TypeEngine[Any]:
+    return sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+ohlcv = sa.Table(
+    "ohlcv",
+    metadata,
+    sa.Column("exchange", sa.String(64), primary_key=True),
+    sa.Column("symbol", sa.String(64), primary_key=True),
+    sa.Column("timeframe", sa.String(8), primary_key=True),
+    sa.Column("open_time", UTCDateTime(), primary_key=True),
+    sa.Column("open", sa.Float(53), nullable=False),
+    sa.Column("high", sa.Float(53), nullable=False),
+    sa.Column("low", sa.Float(53), nullable=False),
+    sa.Column("close", sa.Float(53), nullable=False),
+    sa.Column("volume", sa.Float(53), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+model_runs = sa.Table(
+    "model_runs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("exchange", sa.String(64), nullable=False),
+    sa.Column("symbol", sa.String(64), nullable=False),
+    sa.Column("timeframe", sa.String(8), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("window_start_open_time", UTCDateTime(), nullable=False),
+    sa.Column("window_end_open_time", UTCDateTime(), nullable=False),
+    sa.Column("candle_count", sa.Integer, nullable=False),
+    sa.Column("hyperparameters", _json_type(), nullable=False),
+    sa.Column("preprocessing", _json_type(), nullable=False),
+    sa.Column("metrics", _json_type(), nullable=False),
+    sa.Column("epochs_trained", sa.Integer, nullable=False),
+    sa.Column("training_seconds", sa.Float(53), nullable=False),
+    sa.Column("keras_version", sa.String(32), nullable=False),
+    sa.Column("model_archive", sa.LargeBinary, nullable=False),
+    sa.Index(None, "exchange", "symbol", "timeframe", "window_end_open_time"),
+)
+
+predictions = sa.Table(
+    "predictions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("exchange", sa.String(64), nullable=False),
+    sa.Column("symbol", sa.String(64), nullable=False),
+    sa.Column("timeframe", sa.String(8), nullable=False),
+    sa.Column("as_of_open_time", UTCDateTime(), nullable=False),
+    sa.Column("target_open_time", UTCDateTime(), nullable=False),
+    sa.Column("horizon_step", sa.Integer, nullable=False),
+    sa.Column("predicted_close", sa.Float(53), nullable=False),
+    sa.Column(
+        "model_run_id",
+        sa.Integer,
+        sa.ForeignKey("model_runs.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.UniqueConstraint("model_run_id", "as_of_open_time", "horizon_step"),
+    sa.Index(None, "exchange", "symbol", "timeframe", "target_open_time"),
+)
