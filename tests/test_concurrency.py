@@ -28,7 +28,7 @@ from btc_lstm.forecast import forecast_series
 from btc_lstm.ingest import import_candle_file
 from btc_lstm.migrate import upgrade_database
 from btc_lstm.settings import load_settings
-from btc_lstm.store import create_db_engine
+from btc_lstm.store.connection import create_db_engine
 from btc_lstm.train import train_series
 
 settings = load_settings(
@@ -86,7 +86,8 @@ import os
 import signal
 import sys
 
-from btc_lstm.store import create_db_engine, predictions
+from btc_lstm.store.connection import create_db_engine
+from btc_lstm.store.schema import predictions
 
 engine = create_db_engine(sys.argv[1])
 rows = json.loads(sys.argv[2])
