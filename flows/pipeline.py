@@ -18,7 +18,7 @@ from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 
 from btc_lstm.candles import Series
-from btc_lstm.errors import FanOutError
+from btc_lstm.errors import ConfigError, FanOutError
 from btc_lstm.settings import Settings, load_settings
 from flows.tasks import (
     fetch_candles,
@@ -134,6 +134,12 @@ def daily(
     that deployment per symbol instead, so the workers of its pool share the
     symbols, and waits for all of them.
     """
+    if fan_out_deployment and csv_paths:
+        raise ConfigError(
+            "fan_out_deployment and csv_paths cannot be combined, because the "
+            "workers may not see the files; import them with `btc-lstm import-csv` "
+            "first"
+        )
     if fan_out_deployment:
         settings = load_settings(symbols=symbols)
         parameters = {

@@ -10,7 +10,12 @@ import sqlalchemy as sa
 
 from btc_lstm.candles import Series, datetime_to_ms
 from btc_lstm.csv_import import read_candle_csv
-from btc_lstm.errors import ExchangeUnavailableError, FanOutError, UnknownSymbolError
+from btc_lstm.errors import (
+    ConfigError,
+    ExchangeUnavailableError,
+    FanOutError,
+    UnknownSymbolError,
+)
 from btc_lstm.store import count_candles, load_candles, load_latest_forecast
 from btc_lstm.store.schema import model_runs, ohlcv, predictions
 from flows.pipeline import daily, ingest
@@ -315,6 +320,10 @@ class TestArtifacts:
 
 
 class TestFanOut:
+    def test_fan_out_rejects_csv_files(self, flow_environment, btc_csv):
+        with pytest.raises(ConfigError, match="cannot be combined"):
+            daily(csv_paths=[str(btc_csv)], fan_out_deployment="daily/daily")
+
     def test_missing_deployment_is_named(self, flow_environment):
         with pytest.raises(FanOutError, match="deployment 'daily/nowhere' not found"):
             daily(symbols=["BTC/USDT"], fan_out_deployment="daily/nowhere")
