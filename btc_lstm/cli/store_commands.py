@@ -2,6 +2,7 @@
 
 import argparse
 import json
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -104,28 +105,25 @@ def print_predictions(arguments: argparse.Namespace) -> int:
 
 
 def upgrade_database_command(arguments: argparse.Namespace) -> int:
-    from btc_lstm.migrate import current_revision, upgrade_database
-    from btc_lstm.settings import load_settings
-    from btc_lstm.store.connection import mask_database_url
+    from btc_lstm.migrate import upgrade_database
 
-    database_url = load_settings().database_url
-    engine = open_engine(database_url)
-    upgrade_database(engine, arguments.revision)
-    print(
-        f"{mask_database_url(database_url)}: schema at revision "
-        f"{current_revision(engine)}"
-    )
-    return 0
+    return _migrate(upgrade_database, arguments.revision)
 
 
 def downgrade_database_command(arguments: argparse.Namespace) -> int:
-    from btc_lstm.migrate import current_revision, downgrade_database
+    from btc_lstm.migrate import downgrade_database
+
+    return _migrate(downgrade_database, arguments.revision)
+
+
+def _migrate(migration: Callable[[Any, str], None], revision: str) -> int:
+    from btc_lstm.migrate import current_revision
     from btc_lstm.settings import load_settings
     from btc_lstm.store.connection import mask_database_url
 
     database_url = load_settings().database_url
     engine = open_engine(database_url)
-    downgrade_database(engine, arguments.revision)
+    migration(engine, revision)
     print(
         f"{mask_database_url(database_url)}: schema at revision "
         f"{current_revision(engine) or 'base (no tables)'}"

@@ -100,14 +100,7 @@ def upsert_candles(
 def _load_stored_values(
     connection: Connection, series: Series, candles: pd.DataFrame
 ) -> pd.DataFrame:
-    query = sa.select(
-        ohlcv.c.open_time,
-        ohlcv.c.open,
-        ohlcv.c.high,
-        ohlcv.c.low,
-        ohlcv.c.close,
-        ohlcv.c.volume,
-    ).where(
+    query = sa.select(*_candle_columns()).where(
         *_series_filter(ohlcv, series),
         ohlcv.c.open_time >= candles["open_time"].min().to_pydatetime(),
         ohlcv.c.open_time <= candles["open_time"].max().to_pydatetime(),
@@ -130,6 +123,10 @@ def _frame(rows: Sequence[Any], columns: list[str]) -> pd.DataFrame:
     if "open_time" in frame:
         frame["open_time"] = pd.to_datetime(frame["open_time"], utc=True)
     return frame
+
+
+def _candle_columns() -> list[sa.Column[Any]]:
+    return [ohlcv.c[name] for name in CANDLE_COLUMNS]
 
 
 def _series_filter(table: sa.Table, series: Series) -> list[sa.ColumnElement[bool]]:
@@ -171,14 +168,7 @@ def load_candles(
 ) -> pd.DataFrame:
     """Return the newest `limit` candles of a series (all if None), oldest first."""
     query = (
-        sa.select(
-            ohlcv.c.open_time,
-            ohlcv.c.open,
-            ohlcv.c.high,
-            ohlcv.c.low,
-            ohlcv.c.close,
-            ohlcv.c.volume,
-        )
+        sa.select(*_candle_columns())
         .where(*_series_filter(ohlcv, series))
         .order_by(ohlcv.c.open_time.desc())
         .limit(limit)
