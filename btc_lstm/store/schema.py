@@ -113,3 +113,24 @@ predictions = sa.Table(
     sa.UniqueConstraint("model_run_id", "as_of_open_time", "horizon_step"),
     sa.Index(None, "exchange", "symbol", "timeframe", "target_open_time"),
 )
+
+# Candles that failed validation, kept with the reason instead of being stored in
+# ohlcv. A row rejected again by a later ingest of the same source is updated.
+rejected_candles = sa.Table(
+    "rejected_candles",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("exchange", sa.String(64), nullable=False),
+    sa.Column("symbol", sa.String(64), nullable=False),
+    sa.Column("timeframe", sa.String(8), nullable=False),
+    sa.Column("open_time", UTCDateTime(), nullable=False),
+    sa.Column("source", sa.String(255), nullable=False),
+    sa.Column("open", sa.Float(53), nullable=True),
+    sa.Column("high", sa.Float(53), nullable=True),
+    sa.Column("low", sa.Float(53), nullable=True),
+    sa.Column("close", sa.Float(53), nullable=True),
+    sa.Column("volume", sa.Float(53), nullable=True),
+    sa.Column("reason", sa.String(200), nullable=False),
+    sa.Column("rejected_at", UTCDateTime(), nullable=False),
+    sa.UniqueConstraint("exchange", "symbol", "timeframe", "source", "open_time"),
+)
