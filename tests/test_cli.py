@@ -162,7 +162,7 @@ class TestErrors:
 
         assert code == 1
         assert "migration to revision 'nonsense' failed" in error
-        assert "known revisions are base, 0003, 0002, 0001 and head" in error
+        assert "known revisions are base, 0004, 0003, 0002, 0001 and head" in error
 
     def test_predictions_filter_lists_stored_series(self, capsys, engine, database_url):
         from btc_lstm.store import upsert_candles

@@ -232,9 +232,9 @@ def insert_predictions(engine: Engine, rows: list[dict[str, Any]]) -> int:
     if not rows:
         return 0
     with engine.begin() as connection:
-        statement = _insert(connection, predictions).on_conflict_do_nothing(
-            index_elements=["model_run_id", "as_of_open_time", "horizon_step"]
-        )
+        # Either unique key may match: a model run's forecast from a candle, or a
+        # baseline's forecast from a candle.
+        statement = _insert(connection, predictions).on_conflict_do_nothing()
         result = connection.execute(statement.returning(predictions.c.id), rows)
         return len(result.all())
 
