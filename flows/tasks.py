@@ -100,4 +100,6 @@ def write_forecast(settings: Settings, series: Series) -> dict[str, Any]:
     """Write the forecast after the newest candle of one series."""
     from btc_lstm.forecast import forecast_series
 
-    return forecast_series(engine_for(settings.database_url), series).as_dict()
+    return forecast_series(
+        engine_for(settings.database_url), series, settings.live_error_candles
+    ).as_dict()

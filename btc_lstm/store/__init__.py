@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -18,7 +19,15 @@ from sqlalchemy.engine import Connection, Engine
 
 from btc_lstm.candles import CANDLE_COLUMNS, Series
 from btc_lstm.errors import DatabaseError
-from btc_lstm.store.schema import UTCDateTime, model_runs, ohlcv, predictions
+from btc_lstm.store.schema import (
+    UTCDateTime,
+    backtest_forecasts,
+    backtest_metrics,
+    backtest_runs,
+    model_runs,
+    ohlcv,
+    predictions,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -223,6 +232,160 @@ def load_latest_model_run(engine: Engine, series: Series) -> dict[str, Any] | No
     return dict(row) if row is not None else None
 
 
+def load_published_model_run(engine: Engine, series: Series) -> dict[str, Any] | None:
+    """Return the published LSTM run of a series, or None when last close is.
+
+    The published run is the newest promoted one, unless it was demoted since: a
+    demotion is not undone by falling back to an older run.
+    """
+    query = (
+        sa.select(model_runs)
+        .where(*_series_filter(model_runs, series), model_runs.c.promoted.is_(True))
+        .order_by(model_runs.c.window_end_open_time.desc(), model_runs.c.id.desc())
+        .limit(1)
+    )
+    with engine.connect() as connection:
+        row = connection.execute(query).mappings().first()
+    if row is None or row["demoted_at"] is not None:
+        return None
+    return dict(row)
+
+
+def demote_model_run(engine: Engine, model_run_id: int, reason: str) -> None:
+    """Mark a published model run as demoted now, with the reason."""
+    with engine.begin() as connection:
+        connection.execute(
+            model_runs.update()
+            .where(model_runs.c.id == model_run_id)
+            .values(demoted_at=dt.datetime.now(dt.UTC), demotion_reason=reason)
+        )
+
+
+def load_live_lstm_errors(engine: Engine, series: Series, limit: int) -> pd.DataFrame:
+    """Return the newest scored step-1 LSTM forecasts of a series.
+
+    Returns:
+        Up to `limit` rows with target_open_time, absolute_error and
+        last_close_absolute_error from `forecast_accuracy`, one per target (the
+        newest model run's), oldest first.
+    """
+    query = sa.text(
+        "SELECT target_open_time, model_run_id, absolute_error, "
+        "last_close_absolute_error FROM forecast_accuracy "
+        "WHERE exchange = :exchange AND symbol = :symbol AND timeframe = :timeframe "
+        "AND model = 'lstm' AND horizon_step = 1 "
+        "ORDER BY target_open_time DESC, model_run_id DESC"
+    )
+    with engine.connect() as connection:
+        rows = connection.execute(
+            query,
+            {
+                "exchange": series.exchange,
+                "symbol": series.symbol,
+                "timeframe": series.timeframe,
+            },
+        ).all()
+    frame = pd.DataFrame(
+        [tuple(row) for row in rows],
+        columns=[
+            "target_open_time",
+            "model_run_id",
+            "absolute_error",
+            "last_close_absolute_error",
+        ],
+    )
+    frame = frame.drop_duplicates("target_open_time").head(limit)
+    return frame.iloc[::-1].reset_index(drop=True)
+
+
+def insert_backtest(
+    engine: Engine,
+    run: dict[str, Any],
+    metrics: pd.DataFrame,
+    forecasts: pd.DataFrame,
+) -> int:
+    """Store one backtest with its metrics and forecasts in one transaction.
+
+    Returns:
+        The id of the new `backtest_runs` row.
+    """
+    with engine.begin() as connection:
+        run_id = int(
+            connection.execute(
+                backtest_runs.insert().returning(backtest_runs.c.id), run
+            ).scalar_one()
+        )
+        metric_rows = [
+            {"backtest_run_id": run_id, **_plain(record)}
+            for record in metrics.to_dict("records")
+        ]
+        connection.execute(backtest_metrics.insert(), metric_rows)
+        forecast_columns = [column.name for column in backtest_forecasts.columns]
+        forecast_rows = [
+            {"backtest_run_id": run_id, **_plain(record)}
+            for record in forecasts[forecast_columns[1:]].to_dict("records")
+        ]
+        connection.execute(backtest_forecasts.insert(), forecast_rows)
+    return run_id
+
+
+def _plain(record: dict[Any, Any]) -> dict[str, Any]:
+    """Turn pandas and NumPy scalars into the Python values drivers accept."""
+    plain: dict[str, Any] = {}
+    for key, value in record.items():
+        if isinstance(value, pd.Timestamp):
+            plain[str(key)] = value.to_pydatetime()
+        elif value is None or (isinstance(value, float) and np.isnan(value)):
+            plain[str(key)] = None
+        elif isinstance(value, np.generic):
+            plain[str(key)] = value.item()
+        else:
+            plain[str(key)] = value
+    return plain
+
+
+def load_latest_backtest(
+    engine: Engine, series: Series
+) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame] | None:
+    """Return the newest backtest of a series: its run, metrics and forecasts."""
+    with engine.connect() as connection:
+        run = (
+            connection.execute(
+                sa.select(backtest_runs)
+                .where(*_series_filter(backtest_runs, series))
+                .order_by(backtest_runs.c.id.desc())
+                .limit(1)
+            )
+            .mappings()
+            .first()
+        )
+        if run is None:
+            return None
+        metrics = pd.DataFrame(
+            connection.execute(
+                sa.select(backtest_metrics)
+                .where(backtest_metrics.c.backtest_run_id == run["id"])
+                .order_by(backtest_metrics.c.model, backtest_metrics.c.horizon_step)
+            )
+            .mappings()
+            .all()
+        )
+        forecasts = pd.DataFrame(
+            connection.execute(
+                sa.select(backtest_forecasts)
+                .where(backtest_forecasts.c.backtest_run_id == run["id"])
+                .order_by(
+                    backtest_forecasts.c.model,
+                    backtest_forecasts.c.as_of_open_time,
+                    backtest_forecasts.c.horizon_step,
+                )
+            )
+            .mappings()
+            .all()
+        )
+    return dict(run), metrics, forecasts
+
+
 def insert_predictions(engine: Engine, rows: list[dict[str, Any]]) -> int:
     """Insert one forecast's rows in one transaction; return how many were new.
 
@@ -251,26 +414,42 @@ def forecast_exists(
         return connection.execute(query.limit(1)).first() is not None
 
 
-def load_latest_forecast(engine: Engine, series: Series) -> pd.DataFrame:
+def load_latest_forecast(
+    engine: Engine, series: Series, model: str | None = None
+) -> pd.DataFrame:
     """Return the rows of the newest forecast of a series, by horizon step.
 
-    The newest forecast is the one from the latest as-of candle, made by the newest
-    model run that forecast from it. The frame is empty when nothing was forecast.
+    Args:
+        model: "lstm" or a baseline's name; None means the forecast of record.
+
+    Returns:
+        The rows of the forecast from the latest as-of candle (by the newest model
+        run, for the LSTM), with their model and interval bounds. The frame is
+        empty when nothing was forecast.
     """
+    selection = (
+        predictions.c.published.is_(True)
+        if model is None
+        else predictions.c.model == model
+    )
     newest = (
         sa.select(predictions.c.as_of_open_time, predictions.c.model_run_id)
-        .where(*_series_filter(predictions, series))
-        .order_by(
-            predictions.c.as_of_open_time.desc(), predictions.c.model_run_id.desc()
-        )
+        .where(*_series_filter(predictions, series), selection)
+        .order_by(predictions.c.as_of_open_time.desc(), predictions.c.id.desc())
         .limit(1)
     )
     columns = [
         "as_of_open_time",
         "target_open_time",
         "horizon_step",
+        "model",
         "predicted_close",
+        "lower_80",
+        "upper_80",
+        "lower_95",
+        "upper_95",
         "model_run_id",
+        "published",
         "created_at",
     ]
     with engine.connect() as connection:
@@ -281,8 +460,9 @@ def load_latest_forecast(engine: Engine, series: Series) -> pd.DataFrame:
             sa.select(*(predictions.c[name] for name in columns))
             .where(
                 *_series_filter(predictions, series),
+                selection,
                 predictions.c.as_of_open_time == head.as_of_open_time,
-                predictions.c.model_run_id == head.model_run_id,
+                predictions.c.model_run_id.is_not_distinct_from(head.model_run_id),
             )
             .order_by(predictions.c.horizon_step)
         )
