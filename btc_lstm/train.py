@@ -231,6 +231,7 @@ class PublishedModel:
     model: Any
     preprocessing: dict[str, Any]
     hyperparameters: dict[str, Any]
+    intervals: dict[str, list[float]] | None = None
 
 
 def gate_candidate(

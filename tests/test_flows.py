@@ -67,7 +67,7 @@ class TestDailyOnSharedFile:
         stored = load_candles(engine, BTC)
         assert list(stored["open_time"]) == list(file_days)
 
-        forecast = load_latest_forecast(engine, BTC)
+        forecast = load_latest_forecast(engine, BTC, model="lstm")
         last_day = pd.Timestamp("2025-03-16", tz="UTC")
         assert list(forecast["target_open_time"]) == [
             last_day + pd.Timedelta(days=step) for step in range(1, 8)
@@ -83,7 +83,8 @@ class TestDailyOnSharedFile:
 
         assert row_count(engine, ohlcv) == 2769
         assert row_count(engine, model_runs) == 1
-        assert row_count(engine, predictions) == 7
+        # Seven steps each of the LSTM and the three baselines.
+        assert row_count(engine, predictions) == 28
 
 
 class TestDailyThroughExchange:
@@ -163,7 +164,7 @@ class TestDailyThroughExchange:
         assert load_latest_forecast(engine, BTC)["as_of_open_time"].iloc[0] == yesterday
         # One forecast before the outage and one for the newest candle after it,
         # none for the days in between.
-        assert row_count(engine, predictions) == 2 * 3
+        assert row_count(engine, predictions) == 2 * 3 * 4
         assert row_count(engine, model_runs) == 2
 
     def test_bad_symbol_is_not_retried_and_spares_others(
