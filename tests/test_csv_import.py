@@ -4,6 +4,7 @@ Row values are not checked when a file is read; tests/test_import.py covers how
 bad rows are rejected when the candles are stored.
 """
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -227,6 +228,14 @@ class TestFileShape:
     def test_folder_instead_of_file(self, tmp_path):
         with pytest.raises(CsvFormatError, match="is a folder"):
             read_candle_csv(tmp_path)
+
+    def test_zip_archive(self, tmp_path):
+        path = tmp_path / "BTCUSDT-1d-2025-01.zip"
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.write(FIXTURES / "BTCUSDT-1d-2025-01.csv", "BTCUSDT-1d-2025-01.csv")
+
+        with pytest.raises(CsvFormatError, match="unzip it and import the CSV"):
+            read_candle_csv(path)
 
     def test_not_utf8(self, tmp_path):
         path = tmp_path / "Binance_ETHUSDT_d.csv"
