@@ -73,7 +73,7 @@ def read_candle_csv(
     Raises:
         CsvFormatError: the file is missing or unreadable, is not one of the
             layouts above, has a time that is not a date, mixes timeframes, or
-            its exchange or symbol cannot be told; nothing is returned in part.
+            its exchange or symbol cannot be determined; nothing is returned in part.
     """
     _check_overrides(exchange, symbol)
     parsed = _parse_file(path)

@@ -1,7 +1,7 @@
 """The layouts of candle files that `btc_lstm.csv_import` reads, one parser each.
 
-Each parser turns a table into a candle frame and says what the layout tells
-about the series: its exchange, symbol and timeframe where known.
+Each parser turns a table into a candle frame, with the exchange, symbol and
+timeframe that the layout determines, where it determines them.
 """
 
 import re
@@ -51,7 +51,7 @@ ACCEPTED_LAYOUTS = (
 
 @dataclass(frozen=True)
 class ParsedFile:
-    """Candles of one layout, with what the layout tells about their series."""
+    """Candles of one layout, with the parts of their series the layout determines."""
 
     candles: pd.DataFrame
     exchange: str | None
@@ -145,7 +145,7 @@ def parse_unix_times(column: pd.Series, path: Path) -> pd.Series:
 
     Raises:
         CsvFormatError: a time is not a whole number, or falls before 2009 or
-            after tomorrow.
+            more than a day after the current time.
     """
     # Floats hold every magnitude without the wrap-around of int64 overflow, and
     # are exact for whole milliseconds up to 2**53, far beyond any valid time.
@@ -240,10 +240,11 @@ def parse_binance(raw: pd.DataFrame, path: Path) -> ParsedFile:
     if match is not None:
         timeframe = _binance_timeframe(match["interval"], path)
     else:
-        timeframe = TIMEFRAME_BY_MS.get(int(spans_ms.mode().iloc[0]), "")
+        span_ms = int(spans_ms.mode().iloc[0])
+        timeframe = TIMEFRAME_BY_MS.get(span_ms, "")
         if not timeframe:
             raise CsvFormatError(
-                f"{path}: unsupported timeframe, candles last {spans_ms.iloc[0]} ms; "
+                f"{path}: unsupported timeframe, candles last {span_ms} ms; "
                 "expected minutes, hours or days such as 1h, 4h or 1d"
             )
     _check_spans(spans_ms, timeframe, path)

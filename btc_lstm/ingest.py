@@ -128,7 +128,7 @@ def _store(
     reasons = _rejection_reasons(candles, series, now_ms)
     is_rejected = reasons != ""
     rejected = candles.loc[is_rejected].assign(reason=reasons[is_rejected])
-    # An exchange may repeat a row; the reject table keeps one per open time.
+    # An exchange may repeat a row, and the reject table keeps one row per open time.
     rejected = rejected.drop_duplicates("open_time", keep="last")
     accepted = candles.loc[~is_rejected]
     if not rejected.empty:

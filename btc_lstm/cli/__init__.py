@@ -153,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
         "dump, a Yahoo Finance download or timestamp|date,open,high,low,close,volume",
     )
     import_csv.add_argument(
-        "--exchange", help="ccxt id of the source (default: from the file name)"
+        "--exchange",
+        help="exchange id of the source (default: from the file's layout or name)",
     )
     import_csv.add_argument(
         "--symbol", help="unified symbol such as BTC/USDT (default: from the file)"

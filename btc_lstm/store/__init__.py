@@ -137,7 +137,6 @@ def _upsert_candles(
     return UpsertResult(inserted, updated, len(candles) - inserted - updated)
 
 
-REJECTED_COLUMNS = [*CANDLE_COLUMNS, "reason"]
 _SOURCE_LENGTH = 255
 
 
