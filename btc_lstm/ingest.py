@@ -144,9 +144,9 @@ def _store(
 
     upserted = store_candles(engine, series, accepted, rejected, source)
     first_time, last_time = _time_range(accepted)
-    if accepted.empty:
+    if candles.empty:
         logger.info("%s: no new closed candles from %s", series, source)
-    else:
+    elif not accepted.empty:
         logger.info(
             "%s: stored %d new and %d revised candles from %s (%s..%s)",
             series,
