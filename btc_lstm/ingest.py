@@ -10,10 +10,15 @@ from typing import Any
 import pandas as pd
 from sqlalchemy.engine import Engine
 
-from btc_lstm.candles import Series, datetime_to_ms, find_invalid_candles
+from btc_lstm.candles import (
+    Series,
+    datetime_to_ms,
+    find_invalid_candles,
+    open_times_ms,
+)
 from btc_lstm.csv_import import read_candle_csv
 from btc_lstm.exchange import check_market, create_exchange, fetch_closed_candles
-from btc_lstm.store import latest_open_time, upsert_candles
+from btc_lstm.store import latest_open_time, store_candles
 from btc_lstm.store.connection import series_lock
 
 logger = logging.getLogger(__name__)
@@ -21,7 +26,12 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class IngestResult:
-    """Counts and time range of one ingest of one series."""
+    """Counts and time range of one ingest of one series.
+
+    `received` rows split into `inserted`, `updated`, `rejected` and unchanged
+    rows. Rejected rows went to `rejected_candles` instead of `ohlcv`, and the
+    time range covers the stored rows only.
+    """
 
     exchange: str
     symbol: str
@@ -29,7 +39,7 @@ class IngestResult:
     received: int
     inserted: int
     updated: int
-    invalid: int
+    rejected: int
     first_open_time: str | None
     last_open_time: str | None
 
@@ -79,7 +89,7 @@ def _fetch_and_store(
         since_ms = datetime_to_ms(newest_stored) + series.timeframe_ms
 
     candles = fetch_closed_candles(exchange, series, since_ms, now_ms)
-    return _store(engine, series, candles, source=exchange.id)
+    return _store(engine, series, candles, source=exchange.id, now_ms=now_ms)
 
 
 def import_candle_file(
@@ -87,41 +97,56 @@ def import_candle_file(
     path: Path,
     exchange: str | None = None,
     symbol: str | None = None,
+    now_ms: int | None = None,
 ) -> IngestResult:
-    """Read a candle CSV file and store all of its rows in one transaction.
+    """Read a candle file and store all of its rows in one transaction.
+
+    Rows that fail validation, including the candle that has not closed by
+    `now_ms` (default: the current time), go to `rejected_candles`. The file is
+    stored whole or not at all.
 
     Raises:
-        CsvFormatError: the file is not a candle file or has an invalid row; nothing
-            is stored then.
+        CsvFormatError: the file is missing, is not in a layout that
+            `read_candle_csv` reads, or has a time, timeframe or symbol problem;
+            nothing is stored then.
     """
+    now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
     candle_file = read_candle_csv(path, exchange=exchange, symbol=symbol)
     with series_lock(engine, candle_file.series):
-        return _store(engine, candle_file.series, candle_file.candles, source=path.name)
+        return _store(
+            engine,
+            candle_file.series,
+            candle_file.candles,
+            source=path.name,
+            now_ms=now_ms,
+        )
 
 
 def _store(
-    engine: Engine, series: Series, candles: pd.DataFrame, source: str
+    engine: Engine, series: Series, candles: pd.DataFrame, source: str, now_ms: int
 ) -> IngestResult:
-    reasons = find_invalid_candles(candles, series.timeframe_ms)
-    invalid = reasons != ""
-    if invalid.any():
-        # TODO: keep rejected rows in a rejects table instead of only logging them.
-        first = candles.loc[invalid].iloc[0]
+    reasons = _rejection_reasons(candles, series, now_ms)
+    is_rejected = reasons != ""
+    rejected = candles.loc[is_rejected].assign(reason=reasons[is_rejected])
+    # An exchange may repeat a row, and the reject table keeps one row per open time.
+    rejected = rejected.drop_duplicates("open_time", keep="last")
+    accepted = candles.loc[~is_rejected]
+    if not rejected.empty:
+        first = rejected.iloc[0]
         logger.warning(
-            "%s: skipped %d invalid candles from %s, first at %s: %s",
+            "%s: rejected %d candles from %s, first at %s: %s",
             series,
-            int(invalid.sum()),
+            int(is_rejected.sum()),
             source,
             first["open_time"],
-            reasons[invalid].iloc[0],
+            first["reason"],
         )
-        candles = candles.loc[~invalid]
 
-    upserted = upsert_candles(engine, series, candles)
-    first_time, last_time = _time_range(candles)
+    upserted = store_candles(engine, series, accepted, rejected, source)
+    first_time, last_time = _time_range(accepted)
     if candles.empty:
         logger.info("%s: no new closed candles from %s", series, source)
-    else:
+    elif not accepted.empty:
         logger.info(
             "%s: stored %d new and %d revised candles from %s (%s..%s)",
             series,
@@ -135,13 +160,23 @@ def _store(
         exchange=series.exchange,
         symbol=series.symbol,
         timeframe=series.timeframe,
-        received=len(candles) + int(invalid.sum()),
+        received=len(candles),
         inserted=upserted.inserted,
         updated=upserted.updated,
-        invalid=int(invalid.sum()),
+        rejected=int(is_rejected.sum()),
         first_open_time=first_time,
         last_open_time=last_time,
     )
+
+
+def _rejection_reasons(candles: pd.DataFrame, series: Series, now_ms: int) -> pd.Series:
+    """Return a reason per row that must not be stored, empty for valid rows."""
+    reasons = find_invalid_candles(candles, series.timeframe_ms)
+    close_ms = open_times_ms(candles["open_time"]) + series.timeframe_ms
+    # A candle whose close is after the ingest is still open, or in the future.
+    not_closed = (close_ms > now_ms) & (reasons == "")
+    reasons[not_closed] = "not closed at the ingest time"
+    return reasons
 
 
 def _time_range(candles: pd.DataFrame) -> tuple[str | None, str | None]:

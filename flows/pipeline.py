@@ -288,13 +288,13 @@ def _publish_reports(
 def summary_markdown(summary: dict[str, Any], errors: Sequence[BaseException]) -> str:
     """Return a Markdown report of one daily run, one table per stage."""
     lines = ["# Daily run", "", "## Candles", ""]
-    lines += ["| series | received | new | revised | invalid | newest |"]
+    lines += ["| series | received | new | revised | rejected | newest |"]
     lines += ["| --- | ---: | ---: | ---: | ---: | --- |"]
 
     for row in summary["ingested"]:
         lines.append(
             f"| {_series_name(row)} | {row['received']} | {row['inserted']} | "
-            f"{row['updated']} | {row['invalid']} | {row['last_open_time'] or '-'} |"
+            f"{row['updated']} | {row['rejected']} | {row['last_open_time'] or '-'} |"
         )
 
     lines += ["", "## Models", "", "| series | model run | trained now | "]

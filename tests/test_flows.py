@@ -3,6 +3,7 @@
 import datetime as dt
 import json
 import os
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -16,7 +17,12 @@ from btc_lstm.errors import (
     FanOutError,
     UnknownSymbolError,
 )
-from btc_lstm.store import count_candles, load_candles, load_latest_forecast
+from btc_lstm.store import (
+    count_candles,
+    load_candles,
+    load_latest_forecast,
+    load_rejected_candles,
+)
 from btc_lstm.store.schema import model_runs, ohlcv, predictions
 from flows.pipeline import daily, ingest
 from tests.conftest import make_candles
@@ -318,6 +324,40 @@ class TestArtifacts:
         )
 
         assert "- ExchangeUnavailableError: binance: load markets failed" in markdown
+
+    def test_summary_counts_rejected_candles(self):
+        from flows.pipeline import summary_markdown
+
+        row = {
+            "exchange": "yahoo",
+            "symbol": "BTC/USD",
+            "timeframe": "1d",
+            "received": 5,
+            "inserted": 4,
+            "updated": 0,
+            "rejected": 1,
+            "last_open_time": "2024-03-05T00:00:00+00:00",
+        }
+        markdown = summary_markdown(
+            {"ingested": [row], "trained": [], "forecasts": []}, []
+        )
+
+        assert "| series | received | new | revised | rejected | newest |" in markdown
+        assert "| yahoo BTC/USD 1d | 5 | 4 | 0 | 1 | 2024-03-05" in markdown
+
+
+class TestImportFlow:
+    def test_result_counts_rejected_rows(self, flow_environment, open_engine):
+        path = Path(__file__).parent / "data" / "BTC-USD.csv"
+
+        (result,) = ingest(csv_paths=[str(path)])
+
+        assert result["received"] == 5
+        assert result["inserted"] == 4
+        assert result["rejected"] == 1
+        engine = open_engine(flow_environment)
+        assert count_candles(engine, Series("yahoo", "BTC/USD", "1d")) == 4
+        assert len(load_rejected_candles(engine)) == 1
 
 
 class TestFanOut:

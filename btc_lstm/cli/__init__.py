@@ -194,10 +194,16 @@ def build_parser() -> argparse.ArgumentParser:
         "import-csv", "store the candles of CSV files, without Prefect"
     )
     import_csv.add_argument(
-        "paths", nargs="+", type=Path, metavar="PATH", help="candle CSV file"
+        "paths",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help="candle CSV file: a CryptoDataDownload export, a Binance public data "
+        "dump, a Yahoo Finance download or timestamp|date,open,high,low,close,volume",
     )
     import_csv.add_argument(
-        "--exchange", help="ccxt id of the source (default: from the file name)"
+        "--exchange",
+        help="exchange id of the source (default: from the file's layout or name)",
     )
     import_csv.add_argument(
         "--symbol", help="unified symbol such as BTC/USDT (default: from the file)"

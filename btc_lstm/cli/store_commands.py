@@ -49,10 +49,12 @@ def import_csv_files(arguments: argparse.Namespace) -> int:
         result = import_candle_file(
             engine, path, exchange=arguments.exchange, symbol=arguments.symbol
         )
+        unchanged = result.received - result.inserted - result.updated - result.rejected
         print(
             f"{path}: {result.exchange} {result.symbol} {result.timeframe}: "
-            f"{result.received} rows read, {result.inserted} new, "
-            f"{result.updated} revised"
+            f"{result.received} rows read, {result.inserted} stored, "
+            f"{result.updated} updated, {unchanged} unchanged, "
+            f"{result.rejected} rejected"
         )
     return 0
 

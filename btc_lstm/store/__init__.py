@@ -27,6 +27,7 @@ from btc_lstm.store.schema import (
     model_runs,
     ohlcv,
     predictions,
+    rejected_candles,
 )
 
 logger = logging.getLogger(__name__)
@@ -65,45 +66,193 @@ def upsert_candles(
     """
     if candles.empty:
         return UpsertResult(0, 0, 0)
-
-    now = dt.datetime.now(dt.UTC)
     with engine.begin() as connection:
-        stored = _load_stored_values(connection, series, candles)
-        merged = candles.merge(
-            stored, on="open_time", how="left", suffixes=("", "_stored")
-        )
-        is_new = merged["close_stored"].isna()
-        value_columns = ["open", "high", "low", "close", "volume"]
-        differs = pd.Series(False, index=merged.index)
-        for column in value_columns:
-            differs |= merged[column] != merged[f"{column}_stored"]
-        is_changed = ~is_new & differs
+        return _upsert_candles(connection, series, candles)
 
-        to_write = merged.loc[is_new | is_changed, CANDLE_COLUMNS]
-        if not to_write.empty:
-            rows = [
-                {
-                    "exchange": series.exchange,
-                    "symbol": series.symbol,
-                    "timeframe": series.timeframe,
-                    "updated_at": now,
-                    **record,
-                }
-                for record in _records(to_write)
-            ]
-            statement = _insert(connection, ohlcv)
-            statement = statement.on_conflict_do_update(
-                index_elements=["exchange", "symbol", "timeframe", "open_time"],
-                set_={
-                    column: statement.excluded[column]
-                    for column in [*value_columns, "updated_at"]
-                },
-            )
-            connection.execute(statement, rows)
+
+def store_candles(
+    engine: Engine,
+    series: Series,
+    candles: pd.DataFrame,
+    rejected: pd.DataFrame,
+    source: str,
+) -> UpsertResult:
+    """Upsert valid candles and record rejected ones, all in one transaction.
+
+    A rejected candle that a later ingest of the same source delivers valid is
+    removed from `rejected_candles` when the valid one is stored.
+
+    Args:
+        candles: valid closed candles, as for `upsert_candles`.
+        rejected: the rejected rows of the same ingest: `CANDLE_COLUMNS` plus
+            `reason`; open times are unique.
+        source: exchange id or file name the rows came from.
+
+    Returns:
+        The counts of the candle upsert.
+    """
+    with engine.begin() as connection:
+        upserted = UpsertResult(0, 0, 0)
+        if not candles.empty:
+            upserted = _upsert_candles(connection, series, candles)
+            _delete_accepted_rejects(connection, series, source, candles)
+        upsert_rejected_candles(connection, series, rejected, source)
+    return upserted
+
+
+def _upsert_candles(
+    connection: Connection, series: Series, candles: pd.DataFrame
+) -> UpsertResult:
+    now = dt.datetime.now(dt.UTC)
+    stored = _load_stored_values(connection, series, candles)
+    merged = candles.merge(stored, on="open_time", how="left", suffixes=("", "_stored"))
+    is_new = merged["close_stored"].isna()
+    value_columns = ["open", "high", "low", "close", "volume"]
+    differs = pd.Series(False, index=merged.index)
+    for column in value_columns:
+        differs |= merged[column] != merged[f"{column}_stored"]
+    is_changed = ~is_new & differs
+
+    to_write = merged.loc[is_new | is_changed, CANDLE_COLUMNS]
+    if not to_write.empty:
+        rows = [
+            {
+                "exchange": series.exchange,
+                "symbol": series.symbol,
+                "timeframe": series.timeframe,
+                "updated_at": now,
+                **record,
+            }
+            for record in _records(to_write)
+        ]
+        statement = _insert(connection, ohlcv)
+        statement = statement.on_conflict_do_update(
+            index_elements=["exchange", "symbol", "timeframe", "open_time"],
+            set_={
+                column: statement.excluded[column]
+                for column in [*value_columns, "updated_at"]
+            },
+        )
+        connection.execute(statement, rows)
 
     inserted = int(is_new.sum())
     updated = int(is_changed.sum())
     return UpsertResult(inserted, updated, len(candles) - inserted - updated)
+
+
+_SOURCE_LENGTH = 255
+
+
+def upsert_rejected_candles(
+    connection: Connection, series: Series, rejected: pd.DataFrame, source: str
+) -> int:
+    """Record rejected candles with their reason inside the caller's transaction.
+
+    A row already recorded for the same series, source and open time is updated
+    with the new values and reason instead of being added again. Missing (NaN)
+    values are stored as NULL.
+
+    Args:
+        rejected: `CANDLE_COLUMNS` plus `reason`, with unique open times.
+        source: exchange id or file name; longer names are cut to 255 characters.
+
+    Returns:
+        How many rows were written.
+    """
+    if rejected.empty:
+        return 0
+    now = dt.datetime.now(dt.UTC)
+    value_columns = CANDLE_COLUMNS[1:]
+    values = rejected[value_columns].astype("float64")
+    rows = [
+        {
+            "exchange": series.exchange,
+            "symbol": series.symbol,
+            "timeframe": series.timeframe,
+            "source": source[:_SOURCE_LENGTH],
+            "open_time": open_time.to_pydatetime(),
+            "reason": reason,
+            "rejected_at": now,
+            **{
+                name: None if np.isnan(value) else value
+                for name, value in zip(value_columns, row, strict=True)
+            },
+        }
+        for open_time, reason, row in zip(
+            rejected["open_time"],
+            rejected["reason"],
+            values.to_numpy().tolist(),
+            strict=True,
+        )
+    ]
+    statement = _insert(connection, rejected_candles)
+    statement = statement.on_conflict_do_update(
+        index_elements=["exchange", "symbol", "timeframe", "source", "open_time"],
+        set_={
+            column: statement.excluded[column]
+            for column in [*value_columns, "reason", "rejected_at"]
+        },
+    )
+    connection.execute(statement, rows)
+    return len(rows)
+
+
+def _delete_accepted_rejects(
+    connection: Connection, series: Series, source: str, candles: pd.DataFrame
+) -> None:
+    """Delete the rejects of this source whose open time now has a valid candle."""
+    source_filter = [
+        *_series_filter(rejected_candles, series),
+        rejected_candles.c.source == source[:_SOURCE_LENGTH],
+    ]
+    query = sa.select(rejected_candles.c.id, rejected_candles.c.open_time).where(
+        *source_filter
+    )
+    recorded = _frame(connection.execute(query).all(), ["id", "open_time"])
+    accepted = recorded.loc[recorded["open_time"].isin(candles["open_time"]), "id"]
+    if not accepted.empty:
+        connection.execute(
+            sa.delete(rejected_candles).where(
+                rejected_candles.c.id.in_([int(row_id) for row_id in accepted])
+            )
+        )
+
+
+def load_rejected_candles(
+    engine: Engine, series: Series | None = None, source: str | None = None
+) -> pd.DataFrame:
+    """Return recorded rejected candles, oldest open time first.
+
+    Args:
+        series: only the rejects of this series; None for all series.
+        source: only the rejects from this exchange id or file name.
+
+    Returns:
+        A frame with the columns exchange, symbol, timeframe, open_time, source,
+        open, high, low, close, volume, reason and rejected_at; missing values
+        are NaN.
+    """
+    columns = [
+        "exchange",
+        "symbol",
+        "timeframe",
+        "open_time",
+        "source",
+        *CANDLE_COLUMNS[1:],
+        "reason",
+        "rejected_at",
+    ]
+    query = sa.select(*(rejected_candles.c[name] for name in columns)).order_by(
+        rejected_candles.c.open_time, rejected_candles.c.id
+    )
+    if series is not None:
+        query = query.where(*_series_filter(rejected_candles, series))
+    if source is not None:
+        query = query.where(rejected_candles.c.source == source[:_SOURCE_LENGTH])
+    with engine.connect() as connection:
+        rejects = _frame(connection.execute(query).all(), columns)
+    rejects[CANDLE_COLUMNS[1:]] = rejects[CANDLE_COLUMNS[1:]].astype("float64")
+    return rejects
 
 
 def _load_stored_values(
