@@ -227,7 +227,12 @@ class _WalkForward:
             anchor - self.settings.window_candles + 1 : anchor + 1
         ]
         fitted = fit_model(window.reset_index(drop=True), self.settings)
-        decision = gate_candidate(fitted, self.hyperparameters, self.published)
+        decision = gate_candidate(
+            fitted,
+            self.hyperparameters,
+            self.published,
+            self.settings.promotion_margin,
+        )
         self.retrain_count += 1
         self.newest = fitted
         if decision.passed:

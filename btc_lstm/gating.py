@@ -1,10 +1,11 @@
 """Gating: which model's forecast is the forecast of record.
 
 A retrained LSTM is promoted only when, on its own validation samples, its error
-is no worse than the published model's and last close's, at step 1 and averaged
-over all steps. A published LSTM whose live step-1 error over the newest scored
-forecasts is worse than last close's is demoted. Without a published LSTM, the
-last-close baseline is the forecast of record.
+is lower than the published model's and last close's by at least a margin (1 %
+by default), at step 1 and averaged over all steps. A published LSTM whose live
+step-1 error over the newest scored forecasts is worse than last close's is
+demoted. Without a published LSTM, the last-close baseline is the forecast of
+record.
 """
 
 from collections.abc import Mapping, Sequence
@@ -28,6 +29,7 @@ class Decision:
 def promotion_decision(
     candidate_mae_by_step: Sequence[float],
     reference_mae_by_step: Mapping[str, Sequence[float]],
+    margin: float = 0.0,
 ) -> Decision:
     """Decide whether a candidate model becomes the published one.
 
@@ -35,30 +37,34 @@ def promotion_decision(
         candidate_mae_by_step: the candidate's validation MAE at each horizon step.
         reference_mae_by_step: the same validation samples' MAE of each model it
             must not be worse than, by name ("last close", "model run 12").
+        margin: the share by which the candidate must beat each reference, such
+            as 0.01 for 1 % lower MAE; 0 means no worse.
 
     Returns:
         Passed when the candidate's MAE at step 1 and its mean over the steps are
-        at most each reference's. The reason quotes the numbers compared.
+        at most (1 - margin) times each reference's. The reason quotes the
+        numbers compared.
     """
     candidate = np.asarray(candidate_mae_by_step)
     worse = []
     compared = []
     for name, mae_by_step in reference_mae_by_step.items():
-        reference = np.asarray(mae_by_step)
+        reference = np.asarray(mae_by_step) * (1 - margin)
         compared.append(
             f"{name} {reference[0]:.6g} at step 1, {reference.mean():.6g} mean"
         )
         if candidate[0] > reference[0] or candidate.mean() > reference.mean():
             worse.append(name)
+    required = f" less {margin:.0%}" if margin else ""
     summary = (
         f"validation MAE {candidate[0]:.6g} at step 1, {candidate.mean():.6g} mean; "
-        + "; ".join(compared)
+        f"references{required}: " + "; ".join(compared)
     )
     if worse:
         return Decision(
             False, f"not promoted: worse than {', '.join(worse)} ({summary})"
         )
-    return Decision(True, f"promoted: no worse than any reference ({summary})")
+    return Decision(True, f"promoted: at or below every reference ({summary})")
 
 
 def demotion_decision(live: pd.DataFrame, live_error_candles: int) -> Decision:

@@ -153,7 +153,9 @@ def _train_unless_trained(
             preprocessing=published_run["preprocessing"],
             hyperparameters=published_run["hyperparameters"],
         )
-    decision = gate_candidate(fitted, hyperparameters, published)
+    decision = gate_candidate(
+        fitted, hyperparameters, published, settings.promotion_margin
+    )
 
     run_id = insert_model_run(
         engine,
@@ -238,6 +240,7 @@ def gate_candidate(
     fitted: FittedModel,
     hyperparameters: dict[str, Any],
     published: PublishedModel | None,
+    margin: float,
 ) -> Decision:
     """Decide whether a freshly fitted model becomes the published one.
 
@@ -259,7 +262,7 @@ def gate_candidate(
             references[published.name] = price_mae_by_step(
                 fitted.validation, predicted
             ).tolist()
-    return promotion_decision(fitted.metrics["mae_by_step"], references)
+    return promotion_decision(fitted.metrics["mae_by_step"], references, margin)
 
 
 def split_sample_count(

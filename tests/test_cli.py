@@ -295,3 +295,8 @@ class TestRunCommand:
         assert rows[0]["symbol"] == "BTC/USDT"
         assert rows[0]["target_open_time"].startswith("2025-03-17")
         assert rows[-1]["target_open_time"].startswith("2025-03-23")
+        assert {row["model"] for row in rows} <= {"lstm", "last_close"}
+        assert all(
+            row["lower_95"] <= row["lower_80"] < row["upper_80"] <= row["upper_95"]
+            for row in rows
+        )

@@ -100,7 +100,7 @@ class TestGating:
         )
 
         assert decision.passed
-        assert decision.reason.startswith("promoted: no worse than any reference")
+        assert decision.reason.startswith("promoted: at or below every reference")
 
     def test_candidate_worse_at_step_1_is_not_promoted(self):
         decision = promotion_decision([10.5, 10.0], {"last close": [10.0, 30.0]})
@@ -142,3 +142,11 @@ class TestGating:
 
         assert not decision.passed
         assert "only 9 scored forecasts" in decision.reason
+
+    def test_margin_asks_for_a_clear_improvement(self):
+        references = {"last close": [10.0, 20.0]}
+
+        assert promotion_decision([9.95, 19.0], references).passed
+        decision = promotion_decision([9.95, 19.0], references, margin=0.01)
+        assert not decision.passed
+        assert "references less 1%: last close 9.9 at step 1" in decision.reason

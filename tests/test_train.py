@@ -155,6 +155,45 @@ class TestTrainSeries:
         assert second.model_run_id != first.model_run_id
 
 
+class TestGating:
+    @pytest.mark.slow
+    def test_run_records_the_gate_against_last_close(self, engine):
+        upsert_candles(engine, SERIES, make_candles(150))
+
+        result = train_series(engine, small_settings(promotion_margin=0.0), SERIES)
+
+        with engine.connect() as connection:
+            run = connection.execute(sa.select(model_runs)).mappings().one()
+        assert run["promoted"] == result.promoted
+        assert run["promotion_reason"] == result.promotion_reason
+        assert "last close" in run["promotion_reason"]
+        ratio = result.metrics["mae_ratio_to_last_close_step_1"]
+        mean_ratio = result.metrics["mae_ratio_to_last_close_all_steps"]
+        assert result.promoted == (ratio <= 1 and mean_ratio <= 1)
+
+    @pytest.mark.slow
+    def test_margin_that_no_model_can_meet_keeps_last_close(self, engine):
+        upsert_candles(engine, SERIES, make_candles(150))
+
+        result = train_series(engine, small_settings(promotion_margin=0.9), SERIES)
+
+        assert result.promoted is False
+        assert result.promotion_reason.startswith("not promoted: worse than last")
+
+    @pytest.mark.slow
+    def test_retrain_is_compared_with_the_published_run(self, engine):
+        candles = make_candles(151)
+        upsert_candles(engine, SERIES, candles.iloc[:150])
+        first = train_series(engine, small_settings(), SERIES)
+        with engine.begin() as connection:
+            connection.execute(model_runs.update().values(promoted=True))
+        upsert_candles(engine, SERIES, candles.iloc[150:])
+
+        second = train_series(engine, small_settings(), SERIES)
+
+        assert f"published model run {first.model_run_id}" in second.promotion_reason
+
+
 def test_window_candles_are_the_newest(engine):
     candles = make_candles(200)
     upsert_candles(engine, SERIES, candles)

@@ -92,14 +92,22 @@ def print_predictions(arguments: argparse.Namespace) -> int:
         "as_of_open_time",
         "target_open_time",
         "horizon_step",
+        "model",
         "predicted_close",
+        "lower_80",
+        "upper_80",
+        "lower_95",
+        "upper_95",
         "model_run_id",
     ]
     table = pd.concat(frames, ignore_index=True)[columns]
+    # Baselines have no model run; print an empty cell rather than NaN.
+    table["model_run_id"] = table["model_run_id"].astype("Int64")
     if arguments.format == "csv":
         print(table.to_csv(index=False), end="")
     elif arguments.format == "json":
         records = table.astype({"as_of_open_time": str, "target_open_time": str})
+        records = records.astype(object).where(records.notna(), None)
         print(json.dumps(records.to_dict(orient="records"), indent=2))
     else:
         print(table.to_string(index=False))
