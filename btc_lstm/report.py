@@ -17,6 +17,7 @@ from btc_lstm.errors import BtcLstmError
 from btc_lstm.store import load_candles, load_latest_backtest, load_latest_forecast
 
 HISTORY_CANDLES = 90
+ROLLING_FORECASTS = 30
 MODEL_COLORS = {
     "published": "black",
     "lstm": "tab:blue",
@@ -47,6 +48,7 @@ def write_report(engine: Engine, series: Series, folder: Path) -> Report:
         BtcLstmError: the series has neither a forecast nor a backtest.
     """
     forecast = load_latest_forecast(engine, series)
+    lstm = load_latest_forecast(engine, series, model="lstm")
     backtest = load_latest_backtest(engine, series)
     if forecast.empty and backtest is None:
         raise BtcLstmError(
@@ -59,7 +61,7 @@ def write_report(engine: Engine, series: Series, folder: Path) -> Report:
     if not forecast.empty:
         forecast_png = folder / f"{stem}-forecast.png"
         candles = load_candles(engine, series, limit=HISTORY_CANDLES)
-        _draw_forecast(series, candles, forecast, forecast_png)
+        _draw_forecast(series, candles, forecast, lstm, forecast_png)
     backtest_png = None
     markdown = None
     if backtest is not None:
@@ -81,7 +83,11 @@ def _pyplot() -> Any:
 
 
 def _draw_forecast(
-    series: Series, candles: pd.DataFrame, forecast: pd.DataFrame, path: Path
+    series: Series,
+    candles: pd.DataFrame,
+    forecast: pd.DataFrame,
+    lstm: pd.DataFrame,
+    path: Path,
 ) -> None:
     plt = _pyplot()
     figure, axes = plt.subplots(figsize=(10, 5), dpi=100)
@@ -104,6 +110,16 @@ def _draw_forecast(
                 label=f"{level}% interval",
             )
     axes.plot(times, closes, color=color, marker="o", label=f"forecast ({model})")
+    same_as_of = not lstm.empty and lstm["as_of_open_time"].iloc[0] == as_of
+    if model != "lstm" and same_as_of:
+        lstm_closes = np.concatenate([anchor, lstm["predicted_close"]])
+        axes.plot(
+            times,
+            lstm_closes,
+            color=MODEL_COLORS["lstm"],
+            linestyle="--",
+            label="lstm, not published",
+        )
     axes.set_title(f"{series}: forecast of record after {as_of:%Y-%m-%d %H:%M} UTC")
     axes.set_ylabel("close")
     axes.grid(alpha=0.3)
@@ -116,46 +132,18 @@ def _draw_forecast(
 
 def _draw_backtest(
     series: Series,
-    run: dict[str, object],
+    run: dict[str, Any],
     metrics: pd.DataFrame,
     forecasts: pd.DataFrame,
     path: Path,
 ) -> None:
     plt = _pyplot()
-    figure, (history, by_step) = plt.subplots(
-        1, 2, figsize=(14, 5), dpi=100, gridspec_kw={"width_ratios": [2, 1]}
+    figure, (recent, rolling, by_step) = plt.subplots(
+        1, 3, figsize=(18, 5), dpi=100, gridspec_kw={"width_ratios": [3, 3, 2]}
     )
     step_1 = forecasts[forecasts["horizon_step"] == 1]
-    realised = step_1[step_1["model"] == "last_close"]
-    history.plot(
-        realised["target_open_time"],
-        realised["actual_close"],
-        color="black",
-        label="realised close",
-    )
-    for model in ("lstm", "published"):
-        rows = step_1[step_1["model"] == model]
-        history.plot(
-            rows["target_open_time"],
-            rows["predicted_close"],
-            color=MODEL_COLORS[model],
-            linewidth=0.9,
-            alpha=0.8,
-            label=f"{model}, one step ahead",
-        )
-    published = step_1[step_1["model"] == "published"]
-    if published["lower_95"].notna().all():
-        history.fill_between(
-            published["target_open_time"],
-            published["lower_95"],
-            published["upper_95"],
-            color="gray",
-            alpha=0.2,
-            label="published 95% interval",
-        )
-    history.set_title(f"{series}: step-1 forecasts against realised closes")
-    history.grid(alpha=0.3)
-    history.legend(loc="upper left")
+    _draw_recent_forecasts(recent, series, step_1)
+    _draw_rolling_error(rolling, step_1)
 
     for model_name, rows in metrics.groupby("model"):
         model = str(model_name)
@@ -164,9 +152,11 @@ def _draw_backtest(
             rows["mae"],
             marker="o",
             color=MODEL_COLORS.get(model),
+            linestyle="--" if model == "last_close" else "-",
+            zorder=3 if model == "last_close" else 2,
             label=model,
         )
-    by_step.set_title("MAE by horizon step")
+    by_step.set_title("MAE by horizon step, whole backtest")
     by_step.set_xlabel("horizon step (candles ahead)")
     by_step.set_ylabel("mean absolute error")
     by_step.grid(alpha=0.3)
@@ -182,9 +172,69 @@ def _draw_backtest(
     plt.close(figure)
 
 
-def metrics_markdown(
-    series: Series, run: dict[str, object], metrics: pd.DataFrame
-) -> str:
+def _draw_recent_forecasts(axes: Any, series: Series, step_1: pd.DataFrame) -> None:
+    """Draw the newest one-step forecasts against the closes that followed."""
+    newest_targets = (
+        step_1["target_open_time"].drop_duplicates().nlargest(HISTORY_CANDLES)
+    )
+    recent = step_1[step_1["target_open_time"].isin(newest_targets)]
+    realised = recent[recent["model"] == "last_close"]
+    axes.plot(
+        realised["target_open_time"],
+        realised["actual_close"],
+        color="black",
+        label="realised close",
+    )
+    for model in ("lstm", "published"):
+        rows = recent[recent["model"] == model]
+        axes.plot(
+            rows["target_open_time"],
+            rows["predicted_close"],
+            color=MODEL_COLORS[model],
+            linestyle="-" if model == "lstm" else ":",
+            label=f"{model}, one step ahead",
+        )
+    published = recent[recent["model"] == "published"]
+    for level, alpha in ((95, 0.12), (80, 0.25)):
+        if published[f"lower_{level}"].notna().all():
+            axes.fill_between(
+                published["target_open_time"],
+                published[f"lower_{level}"],
+                published[f"upper_{level}"],
+                color="gray",
+                alpha=alpha,
+                label=f"published {level}% interval",
+            )
+    axes.set_title(f"{series}: newest {len(realised)} one-step forecasts")
+    axes.grid(alpha=0.3)
+    axes.legend(loc="upper left")
+
+
+def _draw_rolling_error(axes: Any, step_1: pd.DataFrame) -> None:
+    """Draw each model's 30-forecast rolling step-1 MAE over last close's."""
+    errors = step_1.assign(
+        absolute_error=(step_1["predicted_close"] - step_1["actual_close"]).abs()
+    ).pivot(index="target_open_time", columns="model", values="absolute_error")
+    rolling = errors.rolling(ROLLING_FORECASTS).mean()
+    for model in ("lstm", "drift", "published"):
+        if model in rolling:
+            axes.plot(
+                rolling.index,
+                rolling[model] / rolling["last_close"],
+                color=MODEL_COLORS[model],
+                label=model,
+            )
+    axes.axhline(1.0, color=MODEL_COLORS["last_close"], linestyle="--")
+    axes.set_title(
+        f"Step-1 MAE over the last {ROLLING_FORECASTS} forecasts, "
+        "relative to last close"
+    )
+    axes.set_ylabel("MAE ratio (below 1 beats last close)")
+    axes.grid(alpha=0.3)
+    axes.legend(loc="upper left")
+
+
+def metrics_markdown(series: Series, run: dict[str, Any], metrics: pd.DataFrame) -> str:
     """Return a Markdown table of a backtest's metrics by model and horizon step."""
     header = (
         "| model | step | forecasts | MAE | ratio to last close | RMSE | MAPE % | "
