@@ -47,7 +47,7 @@ PUBLISHED = "published"
 
 @dataclass(frozen=True)
 class BacktestResult:
-    """Where a backtest was stored, what it covered and its step-1 scores."""
+    """The stored backtest's id, range, retrain counts and step-1 scores."""
 
     exchange: str
     symbol: str
@@ -227,6 +227,7 @@ class _WalkForward:
             anchor - self.settings.window_candles + 1 : anchor + 1
         ]
         fitted = fit_model(window.reset_index(drop=True), self.settings)
+
         decision = gate_candidate(
             fitted,
             self.hyperparameters,
@@ -245,6 +246,7 @@ class _WalkForward:
                 intervals=fitted.metrics["interval_log_halfwidths"],
             )
         logger.debug("%s: model as of %s %s", self.series, self._day(anchor), decision)
+
         # The models do not change inside the block, so their forecasts from all of
         # its candles come from one batch each.
         self.newest_closes = self._lstm_closes(

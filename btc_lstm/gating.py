@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-# Fewer scored forecasts than this say too little about live error to demote.
+# With fewer scored forecasts than this, the live error is not judged at all.
 MINIMUM_LIVE_FORECASTS = 10
 
 

@@ -41,8 +41,9 @@ def write_report(engine: Engine, series: Series, folder: Path) -> Report:
     """Write `<series>-forecast.png` and `<series>-backtest.png` into `folder`.
 
     The forecast picture shows the newest candles with the forecast of record and
-    its 80% and 95% intervals; the backtest picture shows the newest backtest's
-    step-1 forecasts against the realised closes, and its MAE by horizon step.
+    its 80% and 95% intervals. The backtest picture shows the newest backtest's
+    recent step-1 forecasts against the realised closes, the rolling step-1 error
+    against last close's, and the MAE by horizon step.
 
     Raises:
         BtcLstmError: the series has neither a forecast nor a backtest.

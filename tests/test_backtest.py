@@ -170,6 +170,21 @@ class TestBacktestFlowAndReport:
         assert loaded == []
         assert (tmp_path / "again" / "binance-BTC-USDT-1d-backtest.png").exists()
 
+    def test_report_of_backtest_without_forecast(
+        self, engine, database_url, tmp_path, monkeypatch, capsys
+    ):
+        from btc_lstm.cli import main
+
+        upsert_candles(engine, SERIES, make_candles(150))
+        backtest_series(engine, settings(), SERIES, as_of_candles=5)
+        monkeypatch.setenv("BTC_LSTM_DATABASE_URL", database_url)
+
+        code = main(["report", "--out", str(tmp_path)])
+
+        assert code == 0
+        printed = capsys.readouterr().out.split()
+        assert printed == [str(tmp_path / "binance-BTC-USDT-1d-backtest.png")]
+
     def test_report_without_forecasts_says_what_to_run(
         self, engine, database_url, tmp_path, monkeypatch, capsys
     ):

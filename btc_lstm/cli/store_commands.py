@@ -65,21 +65,7 @@ def print_predictions(arguments: argparse.Namespace) -> int:
     from btc_lstm.store import list_series, load_latest_forecast
 
     engine = open_database(upgrade=False)
-    stored = list_series(engine)
-    if not stored:
-        raise BtcLstmError("no forecasts stored yet; run `btc-lstm run` first")
-    selected = [
-        series
-        for series in stored
-        if arguments.exchange in (None, series.exchange)
-        and arguments.symbol in (None, series.symbol)
-        and arguments.timeframe in (None, series.timeframe)
-    ]
-    if not selected:
-        raise BtcLstmError(
-            "no forecasts match the filters; forecasts exist for "
-            + ", ".join(str(series) for series in stored)
-        )
+    selected = _select_series(arguments, list_series(engine))
     frames = [
         load_latest_forecast(engine, series).assign(**asdict(series))
         for series in selected
@@ -117,9 +103,32 @@ def print_predictions(arguments: argparse.Namespace) -> int:
 def write_report_files(arguments: argparse.Namespace) -> int:
     from btc_lstm.report import write_report
     from btc_lstm.store import list_series
+    from btc_lstm.store.schema import backtest_runs
 
     engine = open_database(upgrade=False)
-    stored = list_series(engine)
+    # A series may have a backtest and no forecast yet, or the other way round.
+    stored = sorted(
+        set(list_series(engine)) | set(list_series(engine, backtest_runs)),
+        key=str,
+    )
+    for series in _select_series(arguments, stored):
+        report = write_report(engine, series, arguments.out)
+        for path in (report.forecast_png, report.backtest_png):
+            if path is not None:
+                print(path)
+        if report.backtest_png is None:
+            print(f"{series}: no backtest stored; run `btc-lstm backtest` for one")
+    return 0
+
+
+def _select_series(arguments: argparse.Namespace, stored: list[Any]) -> list[Any]:
+    """Return the stored series that match --exchange, --symbol and --timeframe.
+
+    Raises:
+        BtcLstmError: nothing is stored, or nothing matches the filters.
+    """
+    if not stored:
+        raise BtcLstmError("no forecasts stored yet; run `btc-lstm run` first")
     selected = [
         series
         for series in stored
@@ -129,19 +138,10 @@ def write_report_files(arguments: argparse.Namespace) -> int:
     ]
     if not selected:
         raise BtcLstmError(
-            "no forecasts match the filters; run `btc-lstm run` first"
-            if not stored
-            else "no forecasts match the filters; forecasts exist for "
+            "no forecasts match the filters; forecasts exist for "
             + ", ".join(str(series) for series in stored)
         )
-    for series in selected:
-        report = write_report(engine, series, arguments.out)
-        for path in (report.forecast_png, report.backtest_png):
-            if path is not None:
-                print(path)
-        if report.backtest_png is None:
-            print(f"{series}: no backtest stored; run `btc-lstm backtest` for one")
-    return 0
+    return selected
 
 
 def upgrade_database_command(arguments: argparse.Namespace) -> int:

@@ -179,16 +179,21 @@ backtest_runs = sa.Table(
     sa.Column("seconds", sa.Float(53), nullable=False),
 )
 
-# Scores of each model of a backtest at each horizon step.
-backtest_metrics = sa.Table(
-    "backtest_metrics",
-    metadata,
-    sa.Column(
+
+def _backtest_run_key() -> sa.Column[int]:
+    return sa.Column(
         "backtest_run_id",
         sa.Integer,
         sa.ForeignKey("backtest_runs.id", ondelete="CASCADE"),
         primary_key=True,
-    ),
+    )
+
+
+# Scores of each model of a backtest at each horizon step.
+backtest_metrics = sa.Table(
+    "backtest_metrics",
+    metadata,
+    _backtest_run_key(),
     sa.Column("model", sa.String(32), primary_key=True),
     sa.Column("horizon_step", sa.Integer, primary_key=True),
     sa.Column("forecasts", sa.Integer, nullable=False),
@@ -206,12 +211,7 @@ backtest_metrics = sa.Table(
 backtest_forecasts = sa.Table(
     "backtest_forecasts",
     metadata,
-    sa.Column(
-        "backtest_run_id",
-        sa.Integer,
-        sa.ForeignKey("backtest_runs.id", ondelete="CASCADE"),
-        primary_key=True,
-    ),
+    _backtest_run_key(),
     sa.Column("model", sa.String(32), primary_key=True),
     sa.Column("as_of_open_time", UTCDateTime(), primary_key=True),
     sa.Column("horizon_step", sa.Integer, primary_key=True),
