@@ -1,7 +1,8 @@
 """The flows `ingest`, `train`, `forecast` and `daily`, which runs the three in order.
 
-Each flow loops over its symbols so that one symbol's failure does not stop the
-others. The flow still fails at the end, with the first error as its reason.
+Each flow runs one task per series so that one series' failure does not stop the
+others; the ingest flow fetches all series at once. The flow still fails at the
+end, with the first error as its reason.
 The database URL is never a flow parameter, so its password never reaches the
 Prefect API: it comes from BTC_LSTM_DATABASE_URL.
 """
@@ -11,7 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, cast
 
-from prefect import Task, flow, get_client, get_run_logger
+from prefect import Task, flow, get_client, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact
 from prefect.client.schemas.objects import FlowRun, State
 from prefect.deployments import run_deployment
@@ -30,6 +31,9 @@ from flows.tasks import (
 )
 
 COMPLETED_RESULTS = "btc_lstm_completed_results"
+# Every failure of a flow's tasks, as "ErrorClass: series: message" lines, set on
+# the error that the flow raises.
+FAILURE_LINES = "btc_lstm_failure_lines"
 FAN_OUT_POLL_SECONDS = 2.0
 
 
@@ -41,11 +45,14 @@ def ingest(
     csv_paths: list[str] | None = None,
     history_start: dt.date | None = None,
     ccxt_config: dict[str, Any] | None = None,
+    ccxt_config_by_exchange: dict[str, dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Store new closed candles from the exchange, or from CSV files when given.
+    """Store new closed candles from the exchanges, or from CSV files when given.
 
-    Keep secrets such as API keys out of `ccxt_config` here, because Prefect
-    stores flow parameters; put them in BTC_LSTM_CCXT_CONFIG on the worker.
+    The series of all `symbols` entries, such as "BTC/USDT" on `exchange` and
+    "kraken:BTC/USD", are fetched concurrently. Keep secrets such as API keys out
+    of the ccxt configs here, because Prefect stores flow parameters; put them
+    in BTC_LSTM_CCXT_CONFIG or BTC_LSTM_CCXT_CONFIG_BY_EXCHANGE on the worker.
     """
     settings = load_settings(
         symbols=symbols,
@@ -53,6 +60,7 @@ def ingest(
         timeframe=timeframe,
         history_start=history_start,
         ccxt_config=ccxt_config,
+        ccxt_config_by_exchange=ccxt_config_by_exchange,
     )
     prepare_database(settings)
 
@@ -66,7 +74,21 @@ def ingest(
         retries=settings.fetch_retries,
         retry_delay_seconds=retry_delays_seconds(settings),
     )
-    return _run_for_each_series(fetch, settings)
+    series_list = settings.configured_series()
+    futures = fetch.map(unmapped(settings), series_list)
+    futures.wait()
+    states = [future.state for future in futures]
+    subjects = [str(series) for series in series_list]
+    outcomes = [state.result(raise_on_failure=False) for state in states]
+    create_markdown_artifact(
+        key="ingest-summary",
+        markdown=ingest_markdown(
+            [row for row in outcomes if not isinstance(row, BaseException)],
+            _failure_lines(outcomes, subjects),
+        ),
+        description="Candles stored, refetched and still missing per series",
+    )
+    return _results_or_first_error(states, subjects)
 
 
 @flow(name="train")
@@ -123,6 +145,7 @@ def daily(
     epochs: int | None = None,
     random_seed: int | None = None,
     fan_out_deployment: str | None = None,
+    ccxt_config_by_exchange: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Ingest, train and forecast, in that order.
 
@@ -149,6 +172,7 @@ def daily(
                 "timeframe": timeframe,
                 "history_start": history_start,
                 "ccxt_config": ccxt_config,
+                "ccxt_config_by_exchange": ccxt_config_by_exchange,
                 "window_candles": window_candles,
                 "lookback_candles": lookback_candles,
                 "horizon_candles": horizon_candles,
@@ -166,6 +190,7 @@ def daily(
         csv_paths,
         history_start,
         ccxt_config,
+        ccxt_config_by_exchange,
         return_state=True,
     )
     # Only series whose candles arrived are trained and forecast: after a failed
@@ -250,10 +275,58 @@ def summary_markdown(summary: dict[str, Any], errors: Sequence[BaseException]) -
             f"{row['as_of_open_time']} | {row['rows_written']} |"
         )
 
+    lines += _missing_lines(summary["ingested"])
     if errors:
         lines += ["", "## Failures", ""]
-        lines += [f"- {type(error).__name__}: {error}" for error in errors]
+        for error in errors:
+            default = [f"{type(error).__name__}: {error}"]
+            lines += [f"- {line}" for line in getattr(error, FAILURE_LINES, default)]
     return "\n".join(lines) + "\n"
+
+
+def ingest_markdown(results: list[dict[str, Any]], failure_lines: list[str]) -> str:
+    """Return a Markdown report of one ingest: counts, missing candles, failures."""
+    lines = ["# Ingest", "", "| series | received | new | revised | refetched | "]
+    lines[-1] += "still missing | newest |"
+    lines += ["| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for row in results:
+        lines.append(
+            f"| {_series_name(row)} | {row['received']} | {row['inserted']} | "
+            f"{row['updated']} | {row.get('refetched', 0)} | "
+            f"{row.get('missing', 0)} | {row['last_open_time'] or '-'} |"
+        )
+    lines += _missing_lines(results)
+    if failure_lines:
+        lines += ["", "## Failures", ""]
+        lines += [f"- {line}" for line in failure_lines]
+    return "\n".join(lines) + "\n"
+
+
+def _missing_lines(results: list[dict[str, Any]]) -> list[str]:
+    """Return a Markdown section on candles still missing after a refetch."""
+    incomplete = [row for row in results if row.get("missing", 0)]
+    if not incomplete:
+        return []
+    lines = ["", "## Missing candles", ""]
+    for row in incomplete:
+        listed = row["missing_open_times"]
+        more = row["missing"] - len(listed)
+        times = ", ".join(listed) + (f" and {more} more" if more > 0 else "")
+        lines.append(
+            f"- {_series_name(row)}: {row['missing']} missing, open times {times}"
+        )
+    return lines
+
+
+def _failure_lines(outcomes: list[Any], subjects: list[str]) -> list[str]:
+    lines = []
+    for outcome, subject in zip(outcomes, subjects, strict=True):
+        if isinstance(outcome, BaseException):
+            message = str(outcome)
+            if subject not in message:
+                message = f"{subject}: {message}"
+            lines.append(f"{type(outcome).__name__}: {message}")
+    return lines
 
 
 def _series_name(row: dict[str, Any]) -> str:
@@ -332,10 +405,7 @@ def _run_for_each_series(
     series_task: Task[[Settings, Series], dict[str, Any]], settings: Settings
 ) -> list[dict[str, Any]]:
     """Run a task once per configured series, one after the other."""
-    series_list = [
-        Series(settings.exchange, symbol, settings.timeframe)
-        for symbol in settings.symbols
-    ]
+    series_list = settings.configured_series()
     states = [
         series_task(settings, series, return_state=True) for series in series_list
     ]
@@ -370,8 +440,8 @@ def _results_or_first_error(
     logger = get_run_logger()
     results = []
     errors = []
-    for state, subject in zip(states, subjects, strict=True):
-        outcome = state.result(raise_on_failure=False)
+    outcomes = [state.result(raise_on_failure=False) for state in states]
+    for outcome, subject in zip(outcomes, subjects, strict=True):
         if isinstance(outcome, BaseException):
             message = str(outcome)
             if subject not in message:
@@ -382,7 +452,8 @@ def _results_or_first_error(
             results.append(outcome)
     if errors:
         # The caller of a failed subflow gets only the exception, so it carries
-        # the results of the tasks that did complete.
+        # the results of the tasks that did complete and every failure.
         setattr(errors[0], COMPLETED_RESULTS, results)
+        setattr(errors[0], FAILURE_LINES, _failure_lines(outcomes, subjects))
         raise errors[0]
     return results

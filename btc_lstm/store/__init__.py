@@ -299,3 +299,15 @@ def list_series(engine: Engine, table: sa.Table = predictions) -> list[Series]:
     )
     with engine.connect() as connection:
         return [Series(*row) for row in connection.execute(query)]
+
+
+def load_open_times(engine: Engine, series: Series) -> pd.Series:
+    """Return the open times of every stored candle of a series, oldest first."""
+    query = (
+        sa.select(ohlcv.c.open_time)
+        .where(*_series_filter(ohlcv, series))
+        .order_by(ohlcv.c.open_time)
+    )
+    with engine.connect() as connection:
+        rows = connection.execute(query).all()
+    return _frame(rows, ["open_time"])["open_time"]
