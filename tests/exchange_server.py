@@ -19,7 +19,7 @@ real exchanges misbehave, per test.
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -45,6 +45,7 @@ SERVER_ERROR = "server_error"
 MAINTENANCE = "maintenance"
 SLOW = "slow"
 MALFORMED = "malformed"
+BAD_REQUEST = "bad_request"
 
 
 @dataclass
@@ -59,6 +60,10 @@ class Faults:
     newest_first: bool = False
     # Each page starts this many candles before the requested start.
     overlap_candles: int = 0
+    # Binance pages cover `limit` candles' worth of time from the start, as the
+    # start/end parameters of Bitstamp or Coinbase do, so that a hole longer
+    # than a page gives an empty page.
+    window_pages: bool = False
     # Candles that are never served, and candles left out of one answer only.
     missing_open_times: set[pd.Timestamp] = field(default_factory=set)
     flaky_open_times: set[pd.Timestamp] = field(default_factory=set)
@@ -127,20 +132,28 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(*self.fault_body(faults.kind))
         return True
 
-    def visible_candles(
-        self, candles: pd.DataFrame, interval_ms: int, start_ms: int
+    def page_candles(
+        self,
+        candles: pd.DataFrame,
+        interval_ms: int,
+        start_ms: int,
+        select: Callable[[pd.DataFrame], pd.DataFrame],
     ) -> pd.DataFrame:
-        """Return the candles that exist by the server's clock from `start_ms` on,
-        without the missing ones, and with the overlap fault applied."""
+        """Return the page of candles that `select` picks from those that exist by
+        the server's clock from `start_ms` on, with the faults applied.
+
+        Missing candles take no place in the page; a flaky candle takes its place
+        but is left out of this one answer.
+        """
         faults = self.state.faults
         start_ms -= faults.overlap_candles * interval_ms
         opens_ms = open_times_ms(candles["open_time"])
-        visible = candles[(opens_ms >= start_ms) & (opens_ms <= self.state.now_ms)]
-        hidden = visible["open_time"].isin(faults.missing_open_times)
+        existing = candles[(opens_ms >= start_ms) & (opens_ms <= self.state.now_ms)]
+        page = select(existing[~existing["open_time"].isin(faults.missing_open_times)])
         with self.state.lock:
-            flaky = visible["open_time"].isin(faults.flaky_open_times)
-            faults.flaky_open_times -= set(visible.loc[flaky, "open_time"])
-        return visible[~hidden & ~flaky]
+            flaky = page["open_time"].isin(faults.flaky_open_times)
+            faults.flaky_open_times -= set(page.loc[flaky, "open_time"])
+        return page[~flaky]
 
     def order_page(self, rows: list[Any]) -> list[Any]:
         return rows[::-1] if self.state.faults.newest_first else rows
@@ -187,6 +200,11 @@ class _BinanceHandler(_Handler):
             return 429, '{"code":-1003,"msg":"Too many requests."}'
         if kind == MAINTENANCE:
             return 503, '{"code":-1008,"msg":"System is under maintenance."}'
+        if kind == BAD_REQUEST:
+            return 400, (
+                '{"code":-1100,"msg":"Illegal characters found in parameter '
+                "'startTime'; legal range is '^[0-9]{1,20}$'.\"}"
+            )
         return 502, "<html><body><h1>502 Bad Gateway</h1></body></html>"
 
     def _klines(self, query: dict[str, str]) -> None:
@@ -202,9 +220,17 @@ class _BinanceHandler(_Handler):
         limit = min(int(query.get("limit", BINANCE_DEFAULT_LIMIT)), BINANCE_MAX_LIMIT)
         start_ms = int(query.get("startTime", 0))
         end_ms = int(query.get("endTime", 2**62))
-        visible = self.visible_candles(market[2], interval_ms, start_ms)
-        visible = visible[open_times_ms(visible["open_time"]) <= end_ms].head(limit)
-        rows = [self._kline(row, interval_ms) for row in visible.itertuples()]
+        if self.state.faults.window_pages:
+            end_ms = min(end_ms, start_ms + limit * interval_ms - 1)
+        page = self.page_candles(
+            market[2],
+            interval_ms,
+            start_ms,
+            lambda existing: existing[
+                open_times_ms(existing["open_time"]) <= end_ms
+            ].head(limit),
+        )
+        rows = [self._kline(row, interval_ms) for row in page.itertuples()]
         self._send(200, json.dumps(self.order_page(rows)))
 
     def _kline(self, row: Any, interval_ms: int) -> list[Any]:
@@ -287,6 +313,8 @@ class _KrakenHandler(_Handler):
             return 200, '{"error":["EAPI:Rate limit exceeded"]}'
         if kind == MAINTENANCE:
             return 200, '{"error":["EService:Unavailable"]}'
+        if kind == BAD_REQUEST:
+            return 200, '{"error":["EGeneral:Invalid arguments"]}'
         return 520, "<html><body>520: Web server is returning an unknown error"
 
     def _ohlc(self, query: dict[str, str]) -> None:
@@ -300,12 +328,16 @@ class _KrakenHandler(_Handler):
             self._send(200, json.dumps({"error": ["EGeneral:Invalid arguments"]}))
             return
         # Kraken keeps only the newest 720 candles; `since` then filters them.
-        recent = self.visible_candles(market[2], interval_ms, 0).tail(
-            KRAKEN_MAX_CANDLES
-        )
         since_ms = int(query.get("since", "0")) * 1000
         start_ms = since_ms + 1 - self.state.faults.overlap_candles * interval_ms
-        served = recent[open_times_ms(recent["open_time"]) >= start_ms]
+        served = self.page_candles(
+            market[2],
+            interval_ms,
+            0,
+            lambda existing: existing.tail(KRAKEN_MAX_CANDLES).loc[
+                lambda recent: open_times_ms(recent["open_time"]) >= start_ms
+            ],
+        )
         rows = [self._entry(row, interval_ms) for row in served.itertuples()]
         committed = [
             row[0] for row in rows if row[0] * 1000 + interval_ms <= (self.state.now_ms)
