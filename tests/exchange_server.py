@@ -69,6 +69,11 @@ class Faults:
     flaky_open_times: set[pd.Timestamp] = field(default_factory=set)
     # Exchange market ids listed in the markets whose candles are refused.
     rejected_market_ids: set[str] = field(default_factory=set)
+    # The market ids that the faults above apply to; empty means all.
+    only_market_ids: set[str] = field(default_factory=set)
+
+    def apply_to(self, market_id: str) -> bool:
+        return not self.only_market_ids or market_id in self.only_market_ids
 
 
 @dataclass
@@ -94,6 +99,8 @@ KrakenState = ExchangeState
 class _Handler(BaseHTTPRequestHandler):
     state: ExchangeState
     candle_path = ""
+    # The query parameter of the candle endpoint that names the market.
+    market_parameter = ""
 
     def do_GET(self) -> None:  # noqa: N802 - the name http.server dispatches to
         url = urlparse(self.path)
@@ -101,7 +108,8 @@ class _Handler(BaseHTTPRequestHandler):
         with self.state.lock:
             self.state.requests.append(self.path)
             request_number = 0
-            if url.path == self.candle_path:
+            market_id = query.get(self.market_parameter, "")
+            if url.path == self.candle_path and self.state.faults.apply_to(market_id):
                 self.state.candle_requests += 1
                 request_number = self.state.candle_requests
         if self.state.failure is not None:
@@ -134,6 +142,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def page_candles(
         self,
+        market_id: str,
         candles: pd.DataFrame,
         interval_ms: int,
         start_ms: int,
@@ -146,6 +155,8 @@ class _Handler(BaseHTTPRequestHandler):
         but is left out of this one answer.
         """
         faults = self.state.faults
+        if not faults.apply_to(market_id):
+            faults = Faults()
         start_ms -= faults.overlap_candles * interval_ms
         opens_ms = open_times_ms(candles["open_time"])
         existing = candles[(opens_ms >= start_ms) & (opens_ms <= self.state.now_ms)]
@@ -186,6 +197,7 @@ def _served_prices(row: Any, open_ms: int, interval_ms: int, now_ms: int) -> Any
 
 class _BinanceHandler(_Handler):
     candle_path = "/api/v3/klines"
+    market_parameter = "symbol"
 
     def route(self, path: str, query: dict[str, str]) -> None:
         if path == "/api/v3/exchangeInfo":
@@ -223,6 +235,7 @@ class _BinanceHandler(_Handler):
         if self.state.faults.window_pages:
             end_ms = min(end_ms, start_ms + limit * interval_ms - 1)
         page = self.page_candles(
+            market_id,
             market[2],
             interval_ms,
             start_ms,
@@ -295,6 +308,7 @@ class _BinanceHandler(_Handler):
 
 class _KrakenHandler(_Handler):
     candle_path = "/0/public/OHLC"
+    market_parameter = "pair"
     price_decimals = 5
 
     def route(self, path: str, query: dict[str, str]) -> None:
@@ -329,8 +343,12 @@ class _KrakenHandler(_Handler):
             return
         # Kraken keeps only the newest 720 candles; `since` then filters them.
         since_ms = int(query.get("since", "0")) * 1000
-        start_ms = since_ms + 1 - self.state.faults.overlap_candles * interval_ms
+        overlap_candles = (
+            self.state.faults.overlap_candles if self.state.faults.apply_to(pair) else 0
+        )
+        start_ms = since_ms + 1 - overlap_candles * interval_ms
         served = self.page_candles(
+            pair,
             market[2],
             interval_ms,
             0,
