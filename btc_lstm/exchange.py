@@ -25,8 +25,8 @@ T = TypeVar("T")
 
 # Candles per request for an exchange whose page size ccxt does not list.
 DEFAULT_PAGE_LIMIT = 500
-# A page that fails with a temporary error is requested again after 1, 2 and 4 s;
-# the flow's task retries then start the whole fetch over.
+# A page that fails with a temporary error is requested again after 1, 2 and 4 s.
+# If it still fails, the flow's task retries start the whole fetch over.
 PAGE_RETRIES = 3
 PAGE_RETRY_DELAY_SECONDS = 1.0
 
@@ -53,7 +53,7 @@ def create_exchange(exchange_id: str, ccxt_config: dict[str, Any]) -> ccxt.Excha
     check_exchange_id(exchange_id)
     exchange_class = getattr(ccxt, exchange_id)
     try:
-        # The raw JSON of each answer lets a malformed page be told apart from
+        # The parsed JSON of each response distinguishes a malformed page from
         # an empty one (see _check_page).
         exchange: ccxt.Exchange = exchange_class(
             {"enableRateLimit": True, "enableLastJsonResponse": True, **ccxt_config}
@@ -109,8 +109,8 @@ def call_exchange(function: Callable[[], T], operation: str) -> T:
 
     Temporary, worth a retry: ccxt's NetworkError, which covers timeouts
     (RequestTimeout), rate limits (DDoSProtection, RateLimitExceeded) and outages
-    or maintenance (ExchangeNotAvailable, OnMaintenance), and BadResponse, an
-    answer that could not be parsed. Everything else is permanent.
+    or maintenance (ExchangeNotAvailable, OnMaintenance), and BadResponse, a
+    response that could not be parsed. Everything else is permanent.
 
     Raises:
         UnknownSymbolError: the exchange does not know the symbol (BadSymbol).
@@ -193,9 +193,9 @@ def fetch_closed_candles(
     number of requests is at most the number of candles in the range plus one.
 
     Args:
-        since_ms: open time of the first candle wanted, Unix milliseconds.
+        since_ms: open time of the first candle requested, Unix milliseconds.
         now_ms: the current time, Unix milliseconds.
-        until_ms: open time of the last candle wanted; None means the newest
+        until_ms: open time of the last candle requested; None means the newest
             closed candle.
         anchor_offset_ms: where the series' candles open within a timeframe,
             when already known from stored candles; None takes it from the first
@@ -215,15 +215,15 @@ def fetch_closed_candles(
     """
     timeframe_ms = series.timeframe_ms
     limit = page_limit or ohlcv_page_limit(exchange)
-    last_wanted_ms = now_ms - timeframe_ms
+    last_expected_ms = now_ms - timeframe_ms
     if until_ms is not None:
-        last_wanted_ms = min(last_wanted_ms, until_ms)
-    max_requests = max(0, (last_wanted_ms - since_ms) // timeframe_ms) + 1
+        last_expected_ms = min(last_expected_ms, until_ms)
+    max_requests = max(0, (last_expected_ms - since_ms) // timeframe_ms) + 1
 
     rows: dict[int, list[Any]] = {}
     cursor_ms = since_ms
     requests = 0
-    while cursor_ms <= last_wanted_ms and requests < max_requests:
+    while cursor_ms <= last_expected_ms and requests < max_requests:
         requests += 1
         page = _fetch_page(
             exchange,
@@ -234,19 +234,19 @@ def fetch_closed_candles(
             page_retry_delay_seconds,
         )
         anchor_offset_ms = _check_anchor(page, series, anchor_offset_ms)
-        wanted = [row for row in page if cursor_ms <= row[0] <= last_wanted_ms]
+        new_rows = [row for row in page if cursor_ms <= row[0] <= last_expected_ms]
         logger.debug(
             "%s: page since %s returned %d candles, %d closed and new",
             series,
             ms_to_datetime(cursor_ms),
             len(page),
-            len(wanted),
+            len(new_rows),
         )
-        if wanted:
-            for row in wanted:
+        if new_rows:
+            for row in new_rows:
                 rows.setdefault(row[0], row)
-            cursor_ms = wanted[-1][0] + timeframe_ms
-        elif any(row[0] > last_wanted_ms for row in page):
+            cursor_ms = new_rows[-1][0] + timeframe_ms
+        elif any(row[0] > last_expected_ms for row in page):
             break
         else:
             logger.info(
@@ -257,7 +257,7 @@ def fetch_closed_candles(
             )
             cursor_ms += limit * timeframe_ms
 
-    _log_short_answer(series, since_ms, last_wanted_ms, sorted(rows))
+    _log_short_answer(series, since_ms, last_expected_ms, sorted(rows))
     return _candle_frame(list(rows.values()))
 
 
@@ -304,11 +304,11 @@ def _fetch_page(
 
 
 def _check_page(exchange: ccxt.Exchange, page: Any, operation: str) -> list[list[Any]]:
-    """Return the page's rows, or raise when the answer was not valid JSON.
+    """Return the page's rows, or raise when the response was not valid JSON.
 
     ccxt does not raise on a body that is not JSON: Kraken's parser then returns
-    no candles and Binance's returns rows of None. The raw JSON of the last
-    answer tells the two apart from a real empty page.
+    no candles and Binance's returns rows of None. The parsed JSON of the last
+    response, None in that case, distinguishes both from a real empty page.
     """
     unparsed = (
         exchange.enableLastJsonResponse
@@ -322,7 +322,7 @@ def _check_page(exchange: ccxt.Exchange, page: Any, operation: str) -> list[list
     if unparsed or malformed_rows:
         body = str(exchange.last_http_response or "")[:80]
         raise ExchangeUnavailableError(
-            f"{operation} failed, the exchange's answer is not valid candle JSON: "
+            f"{operation} failed, the exchange's response is not valid candle JSON: "
             f"{body!r}; run again later"
         )
     rows: list[list[Any]] = page
@@ -359,7 +359,7 @@ def _duration(offset_ms: int) -> str:
 
 
 def _log_short_answer(
-    series: Series, since_ms: int, last_wanted_ms: int, open_times_ms: list[int]
+    series: Series, since_ms: int, last_expected_ms: int, open_times_ms: list[int]
 ) -> None:
     """Log when the exchange started later or stopped earlier than requested."""
     if not open_times_ms:
@@ -371,12 +371,12 @@ def _log_short_answer(
             ms_to_datetime(open_times_ms[0]),
             ms_to_datetime(since_ms),
         )
-    if open_times_ms[-1] + series.timeframe_ms <= last_wanted_ms:
+    if open_times_ms[-1] + series.timeframe_ms <= last_expected_ms:
         logger.warning(
             "%s: exchange returned no candles after %s, expected candles up to %s",
             series,
             ms_to_datetime(open_times_ms[-1]),
-            ms_to_datetime(last_wanted_ms),
+            ms_to_datetime(last_expected_ms),
         )
 
 

@@ -1,6 +1,6 @@
 """Loopback HTTP servers that imitate the public REST APIs of Binance and Kraken.
 
-Each server answers in its exchange's own JSON format, so ccxt's real HTTP client
+Each server responds in its exchange's own JSON format, so ccxt's real HTTP client
 and parsers run against it:
 
 - Binance spot: `GET /api/v3/exchangeInfo` and `GET /api/v3/klines`. A klines
@@ -9,7 +9,7 @@ and parsers run against it:
 - Kraken: `GET /0/public/Assets`, `GET /0/public/AssetPairs` and
   `GET /0/public/OHLC`. An OHLC answer holds only the 720 most recent candles,
   of which those newer than `since` (in seconds) are returned, and a `last`
-  cursor. Older history cannot be reached, whatever `since` says.
+  cursor. Older history cannot be reached, whatever `since` requests.
 
 Candles come from frames the test supplies. The candle that contains the server's
 clock is served still open, as both exchanges do. `Faults` switches on the ways
@@ -55,7 +55,7 @@ class Faults:
     # Candle requests number `every`, 2 * `every`, ... get the fault `kind`.
     every: int = 0
     kind: str = RATE_LIMIT
-    # How long a SLOW answer waits before it is sent.
+    # How long a SLOW response waits before it is sent.
     slow_seconds: float = 0.0
     newest_first: bool = False
     # Each page starts this many candles before the requested start.
@@ -64,7 +64,7 @@ class Faults:
     # start/end parameters of Bitstamp or Coinbase do, so that a hole longer
     # than a page gives an empty page.
     window_pages: bool = False
-    # Candles that are never served, and candles left out of one answer only.
+    # Candles that are never served, and candles left out of one response only.
     missing_open_times: set[pd.Timestamp] = field(default_factory=set)
     flaky_open_times: set[pd.Timestamp] = field(default_factory=set)
     # Exchange market ids listed in the markets whose candles are refused.
@@ -152,7 +152,7 @@ class _Handler(BaseHTTPRequestHandler):
         the server's clock from `start_ms` on, with the faults applied.
 
         Missing candles take no place in the page; a flaky candle takes its place
-        but is left out of this one answer.
+        but is left out of this one response.
         """
         faults = self.state.faults
         if not faults.apply_to(market_id):
@@ -189,7 +189,7 @@ def _price_text(value: float, decimals: int) -> str:
 
 
 def _served_prices(row: Any, open_ms: int, interval_ms: int, now_ms: int) -> Any:
-    """Return (high, close) as served: a candle still forming knows only part."""
+    """Return (high, close) as served: a candle still forming has only part."""
     if open_ms + interval_ms > now_ms:
         return max(row.open, row.low), row.open
     return row.high, row.close

@@ -38,7 +38,7 @@ KRAKEN_BTC = Series("kraken", "BTC/USD", "1d")
 
 
 def candles_until_now(count, timeframe_ms, anchor_offset_ms=0, seed=7):
-    """Return `count` candles whose last one is open now, and the current time."""
+    """Return `count` candles whose last one is open now."""
     now_ms = datetime_to_ms(dt.datetime.now(dt.UTC))
     open_ms = last_closed_open_ms(now_ms, timeframe_ms, anchor_offset_ms)
     current_open = pd.Timestamp(open_ms + timeframe_ms, unit="ms", tz="UTC")

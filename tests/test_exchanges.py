@@ -1,6 +1,6 @@
 """Paging, faults and error mapping through ccxt's real Binance and Kraken clients.
 
-The loopback servers in tests/exchange_server.py answer in each exchange's wire
+The loopback servers in tests/exchange_server.py respond in each exchange's wire
 format; `Faults` switches on one misbehaviour per test.
 """
 
@@ -139,10 +139,10 @@ class TestKraken:
 
         assert result.inserted == 2
         newest_stored = state.markets["XXBTZUSD"][2]["open_time"].iloc[-4]
-        # ccxt asks for candles after one interval before the first one wanted,
-        # the newest stored candles are fetched again to catch revisions.
-        first_wanted_s = datetime_to_ms(newest_stored) // 1000 - 2 * 86_400
-        since_s = first_wanted_s - 86_400
+        # The fetch starts two candles before the newest stored one, to catch
+        # revisions, and ccxt sends Kraken a `since` one interval before that.
+        first_expected_s = datetime_to_ms(newest_stored) // 1000 - 2 * 86_400
+        since_s = first_expected_s - 86_400
         assert candle_requests(state) == [
             f"/0/public/OHLC?pair=XXBTZUSD&interval=1440&since={since_s}"
         ]
@@ -506,3 +506,15 @@ class TestAnchor:
         reasons = find_invalid_candles(candles, DAY_MS, 16 * HOUR_MS)
 
         assert (reasons != "").all()
+
+
+class TestCommandLine:
+    def test_unknown_exchange_prefix_fails_before_flow(self, capsys, database_url):
+        from btc_lstm.cli import main
+
+        code = main(
+            ["ingest", "--database-url", database_url, "--symbols", "krakn:BTC/USD"]
+        )
+
+        assert code == 1
+        assert "unknown exchange id 'krakn'" in capsys.readouterr().err
