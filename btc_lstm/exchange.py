@@ -292,9 +292,15 @@ def _fetch_page(
             if attempt == retries:
                 raise
             delay_seconds = retry_delay_seconds * 2**attempt
+            # The ccxt error, when there is one, without the advice to run again.
+            reason = str(exc)
+            if isinstance(exc.__cause__, Exception):
+                cause = exc.__cause__
+                reason = f"{operation} failed with {type(cause).__name__}: "
+                reason += _first_line(cause)
             logger.warning(
                 "%s; retry %d of %d in %.1f s",
-                exc,
+                reason,
                 attempt + 1,
                 retries,
                 delay_seconds,
