@@ -341,26 +341,27 @@ class _KrakenHandler(_Handler):
         if interval_ms is None:
             self._send(200, json.dumps({"error": ["EGeneral:Invalid arguments"]}))
             return
-        # Kraken keeps only the newest 720 candles; `since` then filters them.
+        # Kraken keeps only the newest 720 candles, and `since` (in seconds,
+        # exclusive) then filters them.
         since_ms = int(query.get("since", "0")) * 1000
         overlap_candles = (
             self.state.faults.overlap_candles if self.state.faults.apply_to(pair) else 0
         )
         start_ms = since_ms + 1 - overlap_candles * interval_ms
-        served = self.page_candles(
-            pair,
-            market[2],
-            interval_ms,
-            0,
-            lambda existing: existing.tail(KRAKEN_MAX_CANDLES).loc[
-                lambda recent: open_times_ms(recent["open_time"]) >= start_ms
-            ],
-        )
+
+        def newest_after_since(existing: pd.DataFrame) -> pd.DataFrame:
+            recent = existing.tail(KRAKEN_MAX_CANDLES)
+            return recent[open_times_ms(recent["open_time"]) >= start_ms]
+
+        served = self.page_candles(pair, market[2], interval_ms, 0, newest_after_since)
         rows = [self._entry(row, interval_ms) for row in served.itertuples()]
-        committed = [
-            row[0] for row in rows if row[0] * 1000 + interval_ms <= (self.state.now_ms)
+
+        # `last` is the open time of the newest closed candle, the cursor that
+        # Kraken offers for polling.
+        closed_opens_s = [
+            row[0] for row in rows if row[0] * 1000 + interval_ms <= self.state.now_ms
         ]
-        last = max(committed) if committed else since_ms // 1000
+        last = max(closed_opens_s) if closed_opens_s else since_ms // 1000
         result = {pair: self.order_page(rows), "last": last}
         self._send(200, json.dumps({"error": [], "result": result}))
 
