@@ -64,6 +64,9 @@ class Faults:
     # start/end parameters of Bitstamp or Coinbase do, so that a hole longer
     # than a page gives an empty page.
     window_pages: bool = False
+    # Binance serves its oldest candles whatever start is requested, as a broken
+    # mirror might.
+    ignore_start: bool = False
     # Candles that are never served, and candles left out of one response only.
     missing_open_times: set[pd.Timestamp] = field(default_factory=set)
     flaky_open_times: set[pd.Timestamp] = field(default_factory=set)
@@ -231,6 +234,8 @@ class _BinanceHandler(_Handler):
             return
         limit = min(int(query.get("limit", BINANCE_DEFAULT_LIMIT)), BINANCE_MAX_LIMIT)
         start_ms = int(query.get("startTime", 0))
+        if self.state.faults.ignore_start:
+            start_ms = 0
         end_ms = int(query.get("endTime", 2**62))
         if self.state.faults.window_pages:
             end_ms = min(end_ms, start_ms + limit * interval_ms - 1)

@@ -290,6 +290,19 @@ class TestPaging:
         assert result.missing_open_times[0] == served.iloc[800].isoformat()
         assert len(result.missing_open_times) == MAX_LISTED_MISSING
 
+    def test_page_that_ignores_start_ends_paging(self, engine, binance, caplog):
+        state, _ = binance
+        state.faults.ignore_start = True
+
+        with caplog.at_level(logging.WARNING, logger="btc_lstm"):
+            result = ingest(engine, BINANCE_BTC, binance)
+
+        # The first page holds 1000 new candles; the repeats of it hold none, so
+        # the start moves on by a page each time until it passes the newest.
+        assert result.inserted == 1000
+        assert len(candle_requests(state)) == 3
+        assert "exchange returned no candles after 2019-09-27" in caplog.text
+
     def test_caught_up_stops_after_one_request(self, engine, binance):
         state, _ = binance
         ingest(engine, BINANCE_BTC, binance)
