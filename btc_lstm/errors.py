@@ -34,7 +34,7 @@ class ExchangeUnavailableError(ExchangeError):
 
 
 class CsvFormatError(BtcLstmError):
-    """A candle file is not in a format this package reads, or a row is invalid."""
+    """A candle file is unreadable or has an invalid layout, time or timeframe."""
 
 
 class InsufficientHistoryError(BtcLstmError):

@@ -47,6 +47,14 @@ class Windows:
     targets: np.ndarray
     anchor_closes: np.ndarray
 
+    def sliced(self, start: int, stop: int | None = None) -> "Windows":
+        """Return samples `start` to `stop` (exclusive, default: the last)."""
+        return Windows(
+            self.inputs[start:stop],
+            self.targets[start:stop],
+            self.anchor_closes[start:stop],
+        )
+
 
 def build_windows(candles: pd.DataFrame, lookback: int, horizon: int) -> Windows:
     """Cut every (lookback inputs, horizon targets) sample from contiguous candles."""

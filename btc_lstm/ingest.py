@@ -23,7 +23,7 @@ from btc_lstm.exchange import (
     create_exchange,
     fetch_closed_candles,
 )
-from btc_lstm.store import latest_open_time, load_open_times, upsert_candles
+from btc_lstm.store import latest_open_time, load_open_times, store_candles
 from btc_lstm.store.connection import series_lock
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,12 @@ MAX_LISTED_MISSING = 20
 
 @dataclass(frozen=True)
 class IngestResult:
-    """Counts and time range of one ingest of one series."""
+    """Counts and time range of one ingest of one series.
+
+    `received` rows split into `inserted`, `updated`, `rejected` and unchanged
+    rows. Rejected rows went to `rejected_candles` instead of `ohlcv`, and the
+    time range covers the stored rows only.
+    """
 
     exchange: str
     symbol: str
@@ -48,7 +53,7 @@ class IngestResult:
     received: int
     inserted: int
     updated: int
-    invalid: int
+    rejected: int
     first_open_time: str | None
     last_open_time: str | None
     # Exchange ingests only: candles stored by refetching gaps in the stored
@@ -92,8 +97,8 @@ def ingest_from_exchange(
     # first one did not store.
     with series_lock(engine, series):
         fetcher = _Fetcher(exchange, series, now_ms, page_retry_delay_seconds)
-        result = _fetch_and_store(engine, fetcher, history_start)
-        return _refetch_gaps(engine, fetcher, result)
+        result, fetched = _fetch_and_store(engine, fetcher, history_start)
+        return _refetch_gaps(engine, fetcher, result, fetched)
 
 
 @dataclass(frozen=True)
@@ -122,7 +127,8 @@ class _Fetcher:
 
 def _fetch_and_store(
     engine: Engine, fetcher: _Fetcher, history_start: dt.date
-) -> IngestResult:
+) -> tuple[IngestResult, pd.DataFrame]:
+    """Fetch and store the new candles; return the result and the candles fetched."""
     series = fetcher.series
     newest_stored = latest_open_time(engine, series)
     anchor_offset_ms = None
@@ -136,13 +142,19 @@ def _fetch_and_store(
         since_ms = newest_ms - (RECHECKED_CANDLES - 1) * series.timeframe_ms
 
     candles = fetcher.fetch(since_ms, anchor_offset_ms=anchor_offset_ms)
-    return _store(engine, series, candles, source=fetcher.exchange.id)
+    result = _store(
+        engine, series, candles, source=fetcher.exchange.id, now_ms=fetcher.now_ms
+    )
+    return result, candles
 
 
 def _refetch_gaps(
-    engine: Engine, fetcher: _Fetcher, result: IngestResult
+    engine: Engine, fetcher: _Fetcher, result: IngestResult, fetched: pd.DataFrame
 ) -> IngestResult:
     """Request the candles missing inside the stored range once more.
+
+    Candles in `fetched`, the ones this ingest just received, are not requested
+    again: they are missing because they were rejected, and would be again.
 
     Returns:
         `result` with the refetched candles added to its counts, and the
@@ -150,49 +162,63 @@ def _refetch_gaps(
     """
     series = fetcher.series
     missing = find_missing_open_times(engine, series)
-    if missing.empty:
-        return result
-
-    logger.info(
-        "%s: %d candles missing inside the stored range, first %s; refetching them",
-        series,
-        len(missing),
-        missing.iloc[0],
-    )
-    timeframe_ms = series.timeframe_ms
-    missing_ms = open_times_ms(missing)
-    anchor_offset_ms = int(missing_ms.iloc[0]) % timeframe_ms
-    frames = [
-        fetcher.fetch(first_ms, until_ms=last_ms, anchor_offset_ms=anchor_offset_ms)
-        for first_ms, last_ms in _runs(missing_ms.tolist(), timeframe_ms)[
-            :MAX_REFETCHED_GAPS
-        ]
-    ]
-    found = pd.concat(frames, ignore_index=True)
-    found = found[found["open_time"].isin(set(missing))]
-    refetch = _store(engine, series, found, source=f"{fetcher.exchange.id} refetch")
-
-    still_missing = find_missing_open_times(engine, series)
-    if not still_missing.empty:
-        logger.warning(
-            "%s: %d candles still missing inside the stored range after a "
-            "refetch, first %s; training and forecasting skip this series while "
-            "they are inside its window",
+    to_refetch = missing[~missing.isin(set(fetched["open_time"]))]
+    refetch = None
+    if not to_refetch.empty:
+        logger.info(
+            "%s: %d candles missing inside the stored range, first %s; refetching",
             series,
-            len(still_missing),
-            still_missing.iloc[0],
+            len(to_refetch),
+            to_refetch.iloc[0],
+        )
+        refetch = _store(
+            engine,
+            series,
+            _fetch_missing(fetcher, to_refetch),
+            source=f"{fetcher.exchange.id} refetch",
+            now_ms=fetcher.now_ms,
+        )
+        missing = find_missing_open_times(engine, series)
+
+    if not missing.empty:
+        logger.warning(
+            "%s: %d candles still missing inside the stored range, first %s; "
+            "training and forecasting skip this series while they are inside its "
+            "window",
+            series,
+            len(missing),
+            missing.iloc[0],
+        )
+    if refetch is not None:
+        result = replace(
+            result,
+            received=result.received + refetch.received,
+            inserted=result.inserted + refetch.inserted,
+            updated=result.updated + refetch.updated,
+            rejected=result.rejected + refetch.rejected,
+            refetched=refetch.inserted,
         )
     return replace(
         result,
-        received=result.received + refetch.received,
-        inserted=result.inserted + refetch.inserted,
-        updated=result.updated + refetch.updated,
-        refetched=refetch.inserted,
-        missing=len(still_missing),
+        missing=len(missing),
         missing_open_times=[
-            moment.isoformat() for moment in still_missing.iloc[:MAX_LISTED_MISSING]
+            moment.isoformat() for moment in missing.iloc[:MAX_LISTED_MISSING]
         ],
     )
+
+
+def _fetch_missing(fetcher: _Fetcher, missing: pd.Series) -> pd.DataFrame:
+    """Fetch the first MAX_REFETCHED_GAPS runs of `missing` open times."""
+    timeframe_ms = fetcher.series.timeframe_ms
+    missing_ms = open_times_ms(missing)
+    anchor_offset_ms = int(missing_ms.iloc[0]) % timeframe_ms
+    runs = _runs(missing_ms.tolist(), timeframe_ms)[:MAX_REFETCHED_GAPS]
+    frames = [
+        fetcher.fetch(first_ms, until_ms=last_ms, anchor_offset_ms=anchor_offset_ms)
+        for first_ms, last_ms in runs
+    ]
+    found = pd.concat(frames, ignore_index=True)
+    return found[found["open_time"].isin(set(missing))].reset_index(drop=True)
 
 
 def find_missing_open_times(engine: Engine, series: Series) -> pd.Series:
@@ -229,41 +255,56 @@ def import_candle_file(
     path: Path,
     exchange: str | None = None,
     symbol: str | None = None,
+    now_ms: int | None = None,
 ) -> IngestResult:
-    """Read a candle CSV file and store all of its rows in one transaction.
+    """Read a candle file and store all of its rows in one transaction.
+
+    Rows that fail validation, including the candle that has not closed by
+    `now_ms` (default: the current time), go to `rejected_candles`. The file is
+    stored whole or not at all.
 
     Raises:
-        CsvFormatError: the file is not a candle file or has an invalid row; nothing
-            is stored then.
+        CsvFormatError: the file is missing, is not in a layout that
+            `read_candle_csv` reads, or has a time, timeframe or symbol problem;
+            nothing is stored then.
     """
+    now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
     candle_file = read_candle_csv(path, exchange=exchange, symbol=symbol)
     with series_lock(engine, candle_file.series):
-        return _store(engine, candle_file.series, candle_file.candles, source=path.name)
+        return _store(
+            engine,
+            candle_file.series,
+            candle_file.candles,
+            source=path.name,
+            now_ms=now_ms,
+        )
 
 
 def _store(
-    engine: Engine, series: Series, candles: pd.DataFrame, source: str
+    engine: Engine, series: Series, candles: pd.DataFrame, source: str, now_ms: int
 ) -> IngestResult:
-    reasons = find_invalid_candles(candles, series.timeframe_ms)
-    invalid = reasons != ""
-    if invalid.any():
-        # TODO: keep rejected rows in a rejects table instead of only logging them.
-        first = candles.loc[invalid].iloc[0]
+    reasons = _rejection_reasons(candles, series, now_ms)
+    is_rejected = reasons != ""
+    rejected = candles.loc[is_rejected].assign(reason=reasons[is_rejected])
+    # An exchange may repeat a row, and the reject table keeps one row per open time.
+    rejected = rejected.drop_duplicates("open_time", keep="last")
+    accepted = candles.loc[~is_rejected]
+    if not rejected.empty:
+        first = rejected.iloc[0]
         logger.warning(
-            "%s: skipped %d invalid candles from %s, first at %s: %s",
+            "%s: rejected %d candles from %s, first at %s: %s",
             series,
-            int(invalid.sum()),
+            int(is_rejected.sum()),
             source,
             first["open_time"],
-            reasons[invalid].iloc[0],
+            first["reason"],
         )
-        candles = candles.loc[~invalid]
 
-    upserted = upsert_candles(engine, series, candles)
-    first_time, last_time = _time_range(candles)
+    upserted = store_candles(engine, series, accepted, rejected, source)
+    first_time, last_time = _time_range(accepted)
     if candles.empty:
         logger.info("%s: no new closed candles from %s", series, source)
-    else:
+    elif not accepted.empty:
         logger.info(
             "%s: stored %d new and %d revised candles from %s (%s..%s)",
             series,
@@ -277,13 +318,23 @@ def _store(
         exchange=series.exchange,
         symbol=series.symbol,
         timeframe=series.timeframe,
-        received=len(candles) + int(invalid.sum()),
+        received=len(candles),
         inserted=upserted.inserted,
         updated=upserted.updated,
-        invalid=int(invalid.sum()),
+        rejected=int(is_rejected.sum()),
         first_open_time=first_time,
         last_open_time=last_time,
     )
+
+
+def _rejection_reasons(candles: pd.DataFrame, series: Series, now_ms: int) -> pd.Series:
+    """Return a reason per row that must not be stored, empty for valid rows."""
+    reasons = find_invalid_candles(candles, series.timeframe_ms)
+    close_ms = open_times_ms(candles["open_time"]) + series.timeframe_ms
+    # A candle whose close is after the ingest is still open, or in the future.
+    not_closed = (close_ms > now_ms) & (reasons == "")
+    reasons[not_closed] = "not closed at the ingest time"
+    return reasons
 
 
 def _time_range(candles: pd.DataFrame) -> tuple[str | None, str | None]:

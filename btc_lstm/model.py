@@ -7,6 +7,7 @@ train or forecast never import it.
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 # TensorFlow's C++ log lines (oneDNN notices, and tf.data graph messages logged
 # as errors though harmless) reach users as noise. Failures still raise in Python.
@@ -14,7 +15,14 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
+import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+
+from btc_lstm.features import Standardizer  # noqa: E402
+
+# Each retrain of a backtest builds a new model, and TensorFlow warns about the
+# retracing that this causes through its own logger. The warning is harmless here.
+tf.get_logger().setLevel("ERROR")
 
 
 def seed_everything(random_seed: int) -> None:
@@ -33,12 +41,30 @@ def build_model(
     lstm_units: int,
     dropout: float,
     learning_rate: float,
+    lstm_layers: int = 1,
+    bidirectional: bool = False,
 ) -> keras.Model:
-    """Build and compile an LSTM from `(lookback, features)` to `horizon` outputs."""
+    """Build and compile an LSTM from `(lookback, features)` to `horizon` outputs.
+
+    With `lstm_layers` above one, each layer but the last passes its whole output
+    sequence to the next. With `bidirectional`, each layer also reads the lookback
+    backwards and the two readings are concatenated.
+    """
     inputs = keras.Input(shape=(lookback, feature_count), name="candle_features")
 
-    hidden = keras.layers.LSTM(lstm_units, name="lstm")(inputs)
-    hidden = keras.layers.Dropout(dropout, name="dropout")(hidden)
+    hidden = inputs
+    for layer_number in range(1, lstm_layers + 1):
+        layer = keras.layers.LSTM(
+            lstm_units,
+            return_sequences=layer_number < lstm_layers,
+            name=f"lstm_{layer_number}",
+        )
+        if bidirectional:
+            layer = keras.layers.Bidirectional(
+                layer, name=f"bidirectional_{layer_number}"
+            )
+        hidden = layer(hidden)
+        hidden = keras.layers.Dropout(dropout, name=f"dropout_{layer_number}")(hidden)
 
     outputs = keras.layers.Dense(horizon, name="scaled_log_return_by_step")(hidden)
 
@@ -47,6 +73,25 @@ def build_model(
         optimizer=keras.optimizers.Adam(learning_rate=learning_rate), loss="mse"
     )
     return model
+
+
+def predict_log_returns(
+    model: keras.Model, preprocessing: dict[str, Any], inputs: np.ndarray
+) -> np.ndarray:
+    """Return the log returns a model predicts from unscaled input windows.
+
+    Args:
+        preprocessing: the scalers fitted with the model, as stored in `model_runs`.
+        inputs: features of shape `(samples, lookback, features)`.
+
+    Returns:
+        Log returns from each sample's last close, shape `(samples, horizon)`.
+    """
+    input_scaler = Standardizer.from_dict(preprocessing["input_scaler"])
+    target_scaler = Standardizer.from_dict(preprocessing["target_scaler"])
+    scaled = model.predict(input_scaler.transform(inputs), verbose=0)
+    log_returns: np.ndarray = target_scaler.inverse_transform(scaled)
+    return log_returns
 
 
 def model_to_bytes(model: keras.Model) -> bytes:

@@ -66,6 +66,12 @@ class Settings(BaseSettings):
     epochs: int = Field(50, ge=1, le=100_000, description="Maximum training epochs.")
     batch_size: int = Field(32, ge=1, le=1_000_000)
     lstm_units: int = Field(32, ge=1, le=4_096)
+    lstm_layers: int = Field(
+        1, ge=1, le=8, description="Stacked LSTM layers; each passes its sequence on."
+    )
+    bidirectional: bool = Field(
+        False, description="Read each lookback forwards and backwards."
+    )
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     learning_rate: float = Field(1e-3, gt=0.0, le=10.0)
     validation_fraction: float = Field(
@@ -79,6 +85,20 @@ class Settings(BaseSettings):
     )
     # NumPy and TensorFlow take 32-bit unsigned seeds.
     random_seed: int = Field(42, ge=0, le=2**32 - 1)
+    retrain_every_candles: int = Field(
+        7,
+        ge=1,
+        le=100_000,
+        description="Candles between retrains in a backtest; the daily job retrains "
+        "whenever a new candle closed.",
+    )
+    live_error_candles: int = Field(
+        30,
+        ge=1,
+        le=100_000,
+        description="Newest scored forecasts whose step-1 error can demote the "
+        "published LSTM when it is worse than last close's.",
+    )
     ccxt_config: dict[str, Any] = Field(
         default_factory=dict,
         description="JSON object passed to the ccxt exchange constructor "

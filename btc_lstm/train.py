@@ -19,8 +19,16 @@ from btc_lstm.features import (
     build_windows,
     require_contiguous,
 )
+from btc_lstm.gating import Decision, promotion_decision
+from btc_lstm.scoring import INTERVAL_LEVELS, conformal_halfwidths
 from btc_lstm.settings import Settings, minimum_window_candles
-from btc_lstm.store import count_candles, find_model_run, insert_model_run, load_candles
+from btc_lstm.store import (
+    count_candles,
+    find_model_run,
+    insert_model_run,
+    load_candles,
+    load_published_model_run,
+)
 from btc_lstm.store.connection import series_lock
 
 logger = logging.getLogger(__name__)
@@ -40,6 +48,8 @@ class TrainResult:
     trained: bool
     window_end_open_time: str
     metrics: dict[str, Any]
+    promoted: bool | None = None
+    promotion_reason: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -55,6 +65,8 @@ def model_hyperparameters(settings: Settings) -> dict[str, Any]:
         "epochs": settings.epochs,
         "batch_size": settings.batch_size,
         "lstm_units": settings.lstm_units,
+        "lstm_layers": settings.lstm_layers,
+        "bidirectional": settings.bidirectional,
         "dropout": settings.dropout,
         "learning_rate": settings.learning_rate,
         "validation_fraction": settings.validation_fraction,
@@ -130,7 +142,18 @@ def _train_unless_trained(
     fitted = fit_model(candles, settings)
     training_seconds = time.perf_counter() - started
 
-    from btc_lstm.model import KERAS_VERSION, model_to_bytes
+    from btc_lstm.model import KERAS_VERSION, model_from_bytes, model_to_bytes
+
+    published_run = load_published_model_run(engine, series)
+    published = None
+    if published_run is not None:
+        published = PublishedModel(
+            name=f"published model run {published_run['id']}",
+            model=model_from_bytes(published_run["model_archive"]),
+            preprocessing=published_run["preprocessing"],
+            hyperparameters=published_run["hyperparameters"],
+        )
+    decision = gate_candidate(fitted, hyperparameters, published)
 
     run_id = insert_model_run(
         engine,
@@ -149,6 +172,8 @@ def _train_unless_trained(
             "training_seconds": round(training_seconds, 3),
             "keras_version": KERAS_VERSION,
             "model_archive": model_to_bytes(fitted.model),
+            "promoted": decision.passed,
+            "promotion_reason": decision.reason,
         },
     )
     logger.info(
@@ -165,6 +190,7 @@ def _train_unless_trained(
         fitted.metrics["last_close_mae_by_step"][0],
         _format_ratio(fitted.metrics["mae_ratio_to_last_close_step_1"]),
     )
+    logger.info("%s: model run %d %s", series, run_id, decision.reason)
     return TrainResult(
         exchange=series.exchange,
         symbol=series.symbol,
@@ -173,6 +199,8 @@ def _train_unless_trained(
         trained=True,
         window_end_open_time=window_end.isoformat(),
         metrics=fitted.metrics,
+        promoted=decision.passed,
+        promotion_reason=decision.reason,
     )
 
 
@@ -182,12 +210,56 @@ def _format_ratio(ratio: float | None) -> str:
 
 @dataclass
 class FittedModel:
-    """A trained Keras model with what is needed to use and judge it."""
+    """A trained Keras model with what is needed to use and judge it.
+
+    Attributes:
+        validation: the held-out samples, unscaled, that the metrics come from.
+    """
 
     model: Any
     preprocessing: dict[str, Any]
     metrics: dict[str, Any]
     epochs_trained: int
+    validation: Windows
+
+
+@dataclass(frozen=True)
+class PublishedModel:
+    """The model whose forecasts are published now, which a candidate must match."""
+
+    name: str
+    model: Any
+    preprocessing: dict[str, Any]
+    hyperparameters: dict[str, Any]
+    intervals: dict[str, list[float]] | None = None
+
+
+def gate_candidate(
+    fitted: FittedModel,
+    hyperparameters: dict[str, Any],
+    published: PublishedModel | None,
+) -> Decision:
+    """Decide whether a freshly fitted model becomes the published one.
+
+    It is compared on its own validation samples with last close and, when its
+    inputs and outputs have the same shape, with the published model.
+    """
+    references = {"last close": fitted.metrics["last_close_mae_by_step"]}
+    if published is not None:
+        same_shape = all(
+            published.hyperparameters.get(name) == hyperparameters[name]
+            for name in ["lookback_candles", "horizon_candles", "features"]
+        )
+        if same_shape:
+            from btc_lstm.model import predict_log_returns
+
+            predicted = predict_log_returns(
+                published.model, published.preprocessing, fitted.validation.inputs
+            )
+            references[published.name] = price_mae_by_step(
+                fitted.validation, predicted
+            ).tolist()
+    return promotion_decision(fitted.metrics["mae_by_step"], references)
 
 
 def split_sample_count(
@@ -249,6 +321,8 @@ def fit_model(candles: pd.DataFrame, settings: Settings) -> FittedModel:
         lstm_units=settings.lstm_units,
         dropout=settings.dropout,
         learning_rate=settings.learning_rate,
+        lstm_layers=settings.lstm_layers,
+        bidirectional=settings.bidirectional,
     )
     early_stopping = keras.callbacks.EarlyStopping(
         monitor="val_loss",
@@ -274,9 +348,17 @@ def fit_model(candles: pd.DataFrame, settings: Settings) -> FittedModel:
     )
     best_validation_loss = float(np.nanmin(history.history["val_loss"]))
     require_finite_training(predicted, best_validation_loss, settings.learning_rate)
-    metrics = validation_metrics(windows, validation_start, predicted)
+    validation = windows.sliced(validation_start)
+    metrics = validation_metrics(validation, predicted)
     metrics["training_samples"] = training_count
     metrics["validation_loss"] = best_validation_loss
+    # Split conformal: the validation samples were not trained on, so their
+    # errors calibrate the intervals. Early stopping did look at them, which can
+    # make the intervals slightly narrow; the backtest measures their coverage.
+    metrics["interval_log_halfwidths"] = {
+        str(level): conformal_halfwidths(validation.targets - predicted, level)
+        for level in INTERVAL_LEVELS
+    }
     return FittedModel(
         model=model,
         preprocessing={
@@ -286,6 +368,7 @@ def fit_model(candles: pd.DataFrame, settings: Settings) -> FittedModel:
         },
         metrics=metrics,
         epochs_trained=len(history.history["loss"]),
+        validation=validation,
     )
 
 
@@ -308,18 +391,28 @@ def require_finite_training(
         )
 
 
+def price_mae_by_step(
+    validation: Windows, predicted_log_returns: np.ndarray
+) -> np.ndarray:
+    """Return the MAE in price units at each step of predicted log returns."""
+    anchors = validation.anchor_closes[:, None]
+    actual = anchors * np.exp(validation.targets)
+    with np.errstate(over="ignore"):
+        predicted = anchors * np.exp(predicted_log_returns)
+    mae: np.ndarray = np.abs(predicted - actual).mean(axis=0)
+    return mae
+
+
 def validation_metrics(
-    windows: Windows, validation_start: int, predicted_log_returns: np.ndarray
+    validation: Windows, predicted_log_returns: np.ndarray
 ) -> dict[str, Any]:
     """Return the model's and the last-close baseline's MAE in price units, by step.
 
     The last-close baseline forecasts every future close as the anchor's close.
     """
-    anchors = windows.anchor_closes[validation_start:, None]
-    actual = anchors * np.exp(windows.targets[validation_start:])
-    with np.errstate(over="ignore"):
-        predicted = anchors * np.exp(predicted_log_returns)
-    model_mae = np.abs(predicted - actual).mean(axis=0)
+    anchors = validation.anchor_closes[:, None]
+    actual = anchors * np.exp(validation.targets)
+    model_mae = price_mae_by_step(validation, predicted_log_returns)
     last_close_mae = np.abs(anchors - actual).mean(axis=0)
     if not np.isfinite(model_mae).all():
         # JSON columns cannot store inf, and such a model is of no use.

@@ -1,4 +1,5 @@
-"""The flows `ingest`, `train`, `forecast` and `daily`, which runs the three in order.
+"""The flows `ingest`, `train`, `forecast` and `daily`, which runs the three in order,
+and `backtest`, which replays the daily job over past candles.
 
 Each flow runs one task per series so that one series' failure does not stop the
 others; the ingest flow fetches all series at once. The flow still fails at the
@@ -8,6 +9,7 @@ Prefect API: it comes from BTC_LSTM_DATABASE_URL.
 """
 
 import datetime as dt
+import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any, cast
@@ -25,7 +27,9 @@ from flows.tasks import (
     fetch_candles,
     import_candle_csv,
     prepare_database,
+    publish_report,
     retry_delays_seconds,
+    run_backtest,
     train_model,
     write_forecast,
 )
@@ -237,6 +241,12 @@ def daily(
         markdown=summary_markdown(summary, errors),
         description="Candles stored, models trained and forecasts written",
     )
+    forecast_series = [
+        Series(row["exchange"], row["symbol"], row["timeframe"])
+        for row in summary["forecasts"]
+    ]
+    # A picture that cannot be drawn is logged by its task and fails nothing.
+    _publish_reports(load_settings(), forecast_series, None)
     # The run fails with the first failure in pipeline order: an exchange outage
     # before its consequences.
     if errors:
@@ -244,35 +254,94 @@ def daily(
     return summary
 
 
+@flow(name="backtest")
+def backtest(
+    symbols: list[str] | None = None,
+    exchange: str | None = None,
+    timeframe: str | None = None,
+    as_of_candles: int = 365,
+    last_as_of: dt.date | None = None,
+    retrain_every_candles: int | None = None,
+    window_candles: int | None = None,
+    lookback_candles: int | None = None,
+    horizon_candles: int | None = None,
+    epochs: int | None = None,
+    random_seed: int | None = None,
+    report_folder: str | None = None,
+) -> list[dict[str, Any]]:
+    """Walk each symbol's daily job forward over its past `as_of_candles` candles.
+
+    Stores the metrics of every model in `backtest_metrics`, and attaches the
+    pictures and metrics table to this run as an artifact; with `report_folder`,
+    the pictures are kept there too.
+    """
+    settings = load_settings(
+        symbols=symbols,
+        exchange=exchange,
+        timeframe=timeframe,
+        retrain_every_candles=retrain_every_candles,
+        window_candles=window_candles,
+        lookback_candles=lookback_candles,
+        horizon_candles=horizon_candles,
+        epochs=epochs,
+        random_seed=random_seed,
+    )
+    prepare_database(settings)
+
+    series_list = _configured_series(settings)
+    states = [
+        run_backtest(settings, series, as_of_candles, last_as_of, return_state=True)
+        for series in series_list
+    ]
+    results = _results_or_first_error(states, [str(series) for series in series_list])
+
+    _publish_reports(settings, series_list, report_folder)
+    return results
+
+
+def _publish_reports(
+    settings: Settings, series_list: list[Series], report_folder: str | None
+) -> None:
+    """Attach each series' pictures to the flow run, kept in `report_folder` if
+    given and in a temporary folder otherwise."""
+    with tempfile.TemporaryDirectory() as temporary:
+        folder = report_folder or temporary
+        for series in series_list:
+            publish_report(settings, series, folder, return_state=True)
+
+
 def summary_markdown(summary: dict[str, Any], errors: Sequence[BaseException]) -> str:
     """Return a Markdown report of one daily run, one table per stage."""
     lines = ["# Daily run", "", "## Candles", ""]
-    lines += ["| series | received | new | revised | invalid | newest |"]
+    lines += ["| series | received | new | revised | rejected | newest |"]
     lines += ["| --- | ---: | ---: | ---: | ---: | --- |"]
 
     for row in summary["ingested"]:
         lines.append(
             f"| {_series_name(row)} | {row['received']} | {row['inserted']} | "
-            f"{row['updated']} | {row['invalid']} | {row['last_open_time'] or '-'} |"
+            f"{row['updated']} | {row['rejected']} | {row['last_open_time'] or '-'} |"
         )
 
     lines += ["", "## Models", "", "| series | model run | trained now | "]
-    lines[-1] += "validation MAE ratio to last close, step 1 |"
-    lines += ["| --- | ---: | --- | ---: |"]
+    lines[-1] += "validation MAE ratio to last close, step 1 | gate |"
+    lines += ["| --- | ---: | --- | ---: | --- |"]
     for row in summary["trained"]:
         ratio = row["metrics"].get("mae_ratio_to_last_close_step_1")
         lines.append(
             f"| {_series_name(row)} | {row['model_run_id']} | "
             f"{'yes' if row['trained'] else 'no, reused'} | "
-            f"{'-' if ratio is None else f'{ratio:.3f}'} |"
+            f"{'-' if ratio is None else f'{ratio:.3f}'} | "
+            f"{row.get('promotion_reason') or '-'} |"
         )
 
-    lines += ["", "## Forecasts", "", "| series | model run | as of | rows written |"]
-    lines += ["| --- | ---: | --- | ---: |"]
+    lines += ["", "## Forecasts", "", "| series | model run | as of | rows written | "]
+    lines[-1] += "forecast of record | demotion |"
+    lines += ["| --- | ---: | --- | ---: | --- | --- |"]
     for row in summary["forecasts"]:
         lines.append(
             f"| {_series_name(row)} | {row['model_run_id']} | "
-            f"{row['as_of_open_time']} | {row['rows_written']} |"
+            f"{row['as_of_open_time']} | {row['rows_written']} | "
+            f"{row['published_model']} | {row.get('demotion') or '-'} |"
         )
 
     lines += _missing_lines(summary["ingested"])
@@ -286,13 +355,13 @@ def summary_markdown(summary: dict[str, Any], errors: Sequence[BaseException]) -
 
 def ingest_markdown(results: list[dict[str, Any]], failure_lines: list[str]) -> str:
     """Return a Markdown report of one ingest: counts, missing candles, failures."""
-    lines = ["# Ingest", "", "| series | received | new | revised | refetched | "]
-    lines[-1] += "still missing | newest |"
-    lines += ["| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    lines = ["# Ingest", "", "| series | received | new | revised | rejected | "]
+    lines[-1] += "refetched | still missing | newest |"
+    lines += ["| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for row in results:
         lines.append(
             f"| {_series_name(row)} | {row['received']} | {row['inserted']} | "
-            f"{row['updated']} | {row.get('refetched', 0)} | "
+            f"{row['updated']} | {row['rejected']} | {row.get('refetched', 0)} | "
             f"{row.get('missing', 0)} | {row['last_open_time'] or '-'} |"
         )
     lines += _missing_lines(results)
@@ -401,11 +470,15 @@ def _wait_for_runs(run_ids: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return finished
 
 
+def _configured_series(settings: Settings) -> list[Series]:
+    return settings.configured_series()
+
+
 def _run_for_each_series(
     series_task: Task[[Settings, Series], dict[str, Any]], settings: Settings
 ) -> list[dict[str, Any]]:
     """Run a task once per configured series, one after the other."""
-    series_list = settings.configured_series()
+    series_list = _configured_series(settings)
     states = [
         series_task(settings, series, return_state=True) for series in series_list
     ]

@@ -1,11 +1,14 @@
 """Prefect tasks: one library call each, with retries where the network is involved."""
 
+import datetime as dt
 import logging
+import re
 import threading
 from pathlib import Path
 from typing import Any
 
 from prefect import Task, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
 from sqlalchemy.engine import Engine
@@ -100,4 +103,55 @@ def write_forecast(settings: Settings, series: Series) -> dict[str, Any]:
     """Write the forecast after the newest candle of one series."""
     from btc_lstm.forecast import forecast_series
 
-    return forecast_series(engine_for(settings.database_url), series).as_dict()
+    return forecast_series(
+        engine_for(settings.database_url), series, settings.live_error_candles
+    ).as_dict()
+
+
+@task(cache_policy=NO_CACHE)
+def run_backtest(
+    settings: Settings,
+    series: Series,
+    as_of_candles: int,
+    last_as_of: dt.date | None,
+) -> dict[str, Any]:
+    """Walk the daily job forward over past candles of one series and score it."""
+    from btc_lstm.backtest import backtest_series
+
+    result = backtest_series(
+        engine_for(settings.database_url),
+        settings,
+        series,
+        as_of_candles=as_of_candles,
+        last_as_of=last_as_of,
+    )
+    return result.as_dict()
+
+
+@task(cache_policy=NO_CACHE)
+def publish_report(settings: Settings, series: Series, folder: str) -> dict[str, Any]:
+    """Draw the forecast and backtest pictures of one series into `folder` and
+    attach them, with the backtest's metrics table, to the flow run."""
+    from btc_lstm.report import image_markdown, write_report
+
+    report = write_report(engine_for(settings.database_url), series, Path(folder))
+    sections = [f"## {series}"]
+    for title, path in [
+        ("forecast of record", report.forecast_png),
+        ("backtest", report.backtest_png),
+    ]:
+        if path is not None:
+            sections.append(f"{title}: `{path.name}`\n\n{image_markdown(path, title)}")
+    if report.metrics_markdown is not None:
+        sections.append(report.metrics_markdown)
+    slug = re.sub(r"[^a-z0-9]+", "-", str(series).lower()).strip("-")
+    create_markdown_artifact(
+        key=f"report-{slug}",
+        markdown="\n\n".join(sections),
+        description=f"Forecast and backtest pictures of {series}",
+    )
+    return {
+        "series": str(series),
+        "forecast_png": str(report.forecast_png) if report.forecast_png else None,
+        "backtest_png": str(report.backtest_png) if report.backtest_png else None,
+    }

@@ -103,7 +103,7 @@ class TestErrors:
 
         assert code == 1
         assert error.startswith("btc-lstm: error: ")
-        assert "not an OHLCV file, found columns name, age" in error
+        assert "not a candle file, found columns name, age" in error
         assert "\n" not in error
 
     def test_database_that_cannot_be_opened(self, capsys, tmp_path):
@@ -162,7 +162,7 @@ class TestErrors:
 
         assert code == 1
         assert "migration to revision 'nonsense' failed" in error
-        assert "known revisions are base, 0003, 0002, 0001 and head" in error
+        assert "known revisions are base, 0004, 0003, 0002, 0001 and head" in error
 
     def test_predictions_filter_lists_stored_series(self, capsys, engine, database_url):
         from btc_lstm.store import upsert_candles
@@ -228,7 +228,7 @@ class TestErrors:
         assert main(["import-csv", "--database-url", database_url, str(btc_csv)]) == 0
         broken = tmp_path / "Binance_BTCUSDT_d.csv"
         lines = btc_csv.read_text().splitlines()
-        lines[5] = lines[5].replace("BTCUSDT,", "BTCUSDT,-")
+        lines[5] = "yesterday" + lines[5][lines[5].index(",") :]
         broken.write_text("\n".join(lines))
         capsys.readouterr()
 
@@ -238,9 +238,36 @@ class TestErrors:
 
         stored = load_candles(open_engine(database_url), BTC)
         assert code == 1
-        assert "price not positive" in error
+        assert "rows with an invalid time, first data row 5" in error
         assert len(stored) == 2769
-        assert (stored["open"] > 0).all()
+
+
+class TestImportCommand:
+    def test_prints_counts_with_rejected_rows(
+        self, capsys, database_url, tmp_path, btc_csv
+    ):
+        broken = tmp_path / "Binance_BTCUSDT_d.csv"
+        lines = btc_csv.read_text().splitlines()
+        lines[5] = lines[5].replace("BTCUSDT,", "BTCUSDT,-", 1)
+        broken.write_text("\n".join(lines))
+
+        code = main(["import-csv", "--database-url", database_url, str(broken)])
+
+        assert code == 0
+        assert capsys.readouterr().out == (
+            f"{broken}: binance BTC/USDT 1d: 2769 rows read, 2768 stored, "
+            "0 updated, 0 unchanged, 1 rejected\n"
+        )
+
+    def test_second_import_counts_unchanged_rows(self, capsys, database_url, btc_csv):
+        main(["import-csv", "--database-url", database_url, str(btc_csv)])
+        capsys.readouterr()
+
+        main(["import-csv", "--database-url", database_url, str(btc_csv)])
+
+        assert "2769 rows read, 0 stored, 0 updated, 2769 unchanged, 0 rejected" in (
+            capsys.readouterr().out
+        )
 
 
 @pytest.mark.slow

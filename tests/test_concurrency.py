@@ -76,7 +76,7 @@ def test_two_pipelines_at_once_store_each_row_once(database_url, open_engine, tm
     engine = open_engine(database_url)
     assert count_rows(engine, ohlcv) == 150
     assert count_rows(engine, model_runs) == 1
-    assert count_rows(engine, predictions) == 3
+    assert count_rows(engine, predictions) == 3 * 4
 
 
 KILLED_WRITER = """
@@ -141,5 +141,5 @@ def test_killed_forecast_write_leaves_no_rows(engine, database_url):
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert count_rows(engine, predictions) == 0
     result = forecast_series(engine, series)
-    assert result.rows_written == 3
-    assert count_rows(engine, predictions) == 3
+    assert result.rows_written == 3 * 4
+    assert count_rows(engine, predictions) == 3 * 4

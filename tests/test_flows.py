@@ -3,6 +3,7 @@
 import datetime as dt
 import json
 import os
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -16,7 +17,12 @@ from btc_lstm.errors import (
     FanOutError,
     UnknownSymbolError,
 )
-from btc_lstm.store import count_candles, load_candles, load_latest_forecast
+from btc_lstm.store import (
+    count_candles,
+    load_candles,
+    load_latest_forecast,
+    load_rejected_candles,
+)
 from btc_lstm.store.schema import model_runs, ohlcv, predictions
 from flows.pipeline import daily, ingest
 from tests.conftest import make_candles
@@ -67,7 +73,7 @@ class TestDailyOnSharedFile:
         stored = load_candles(engine, BTC)
         assert list(stored["open_time"]) == list(file_days)
 
-        forecast = load_latest_forecast(engine, BTC)
+        forecast = load_latest_forecast(engine, BTC, model="lstm")
         last_day = pd.Timestamp("2025-03-16", tz="UTC")
         assert list(forecast["target_open_time"]) == [
             last_day + pd.Timedelta(days=step) for step in range(1, 8)
@@ -83,7 +89,8 @@ class TestDailyOnSharedFile:
 
         assert row_count(engine, ohlcv) == 2769
         assert row_count(engine, model_runs) == 1
-        assert row_count(engine, predictions) == 7
+        # Seven steps each of the LSTM and the three baselines.
+        assert row_count(engine, predictions) == 28
 
 
 class TestDailyThroughExchange:
@@ -163,7 +170,7 @@ class TestDailyThroughExchange:
         assert load_latest_forecast(engine, BTC)["as_of_open_time"].iloc[0] == yesterday
         # One forecast before the outage and one for the newest candle after it,
         # none for the days in between.
-        assert row_count(engine, predictions) == 2 * 3
+        assert row_count(engine, predictions) == 2 * 3 * 4
         assert row_count(engine, model_runs) == 2
 
     def test_bad_symbol_is_not_retried_and_spares_others(
@@ -317,6 +324,40 @@ class TestArtifacts:
         )
 
         assert "- ExchangeUnavailableError: binance: load markets failed" in markdown
+
+    def test_summary_counts_rejected_candles(self):
+        from flows.pipeline import summary_markdown
+
+        row = {
+            "exchange": "yahoo",
+            "symbol": "BTC/USD",
+            "timeframe": "1d",
+            "received": 5,
+            "inserted": 4,
+            "updated": 0,
+            "rejected": 1,
+            "last_open_time": "2024-03-05T00:00:00+00:00",
+        }
+        markdown = summary_markdown(
+            {"ingested": [row], "trained": [], "forecasts": []}, []
+        )
+
+        assert "| series | received | new | revised | rejected | newest |" in markdown
+        assert "| yahoo BTC/USD 1d | 5 | 4 | 0 | 1 | 2024-03-05" in markdown
+
+
+class TestImportFlow:
+    def test_result_counts_rejected_rows(self, flow_environment, open_engine):
+        path = Path(__file__).parent / "data" / "BTC-USD.csv"
+
+        (result,) = ingest(csv_paths=[str(path)])
+
+        assert result["received"] == 5
+        assert result["inserted"] == 4
+        assert result["rejected"] == 1
+        engine = open_engine(flow_environment)
+        assert count_candles(engine, Series("yahoo", "BTC/USD", "1d")) == 4
+        assert len(load_rejected_candles(engine)) == 1
 
 
 class TestFanOut:

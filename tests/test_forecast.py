@@ -5,7 +5,11 @@ import sqlalchemy as sa
 from btc_lstm.candles import Series
 from btc_lstm.errors import ForecastError, ModelNotFoundError
 from btc_lstm.forecast import forecast_series
-from btc_lstm.store import load_latest_forecast, upsert_candles
+from btc_lstm.store import (
+    load_latest_forecast,
+    load_published_model_run,
+    upsert_candles,
+)
 from btc_lstm.store.schema import model_runs, predictions
 from btc_lstm.train import train_series
 from tests.conftest import make_candles
@@ -42,10 +46,11 @@ def test_forecast_targets_follow_last_candle(engine, trained):
     candles, run = trained
 
     result = forecast_series(engine, SERIES)
-    rows = load_latest_forecast(engine, SERIES)
+    rows = load_latest_forecast(engine, SERIES, model="lstm")
 
     last = candles["open_time"].iloc[-1]
-    assert result.rows_written == 3
+    # Three steps each of the LSTM and the three baselines.
+    assert result.rows_written == 12
     assert list(rows["horizon_step"]) == [1, 2, 3]
     assert list(rows["target_open_time"]) == [
         last + pd.Timedelta(days=step) for step in (1, 2, 3)
@@ -61,7 +66,7 @@ def test_forecast_twice_adds_nothing(engine, trained):
     again = forecast_series(engine, SERIES)
 
     assert again.rows_written == 0
-    assert count_predictions(engine) == 3
+    assert count_predictions(engine) == 12
 
 
 def test_new_candle_gets_new_forecast(engine, trained):
@@ -71,8 +76,8 @@ def test_new_candle_gets_new_forecast(engine, trained):
 
     result = forecast_series(engine, SERIES)
 
-    assert result.rows_written == 3
-    assert count_predictions(engine) == 6
+    assert result.rows_written == 12
+    assert count_predictions(engine) == 24
     newest = load_latest_forecast(engine, SERIES)
     assert newest["as_of_open_time"].iloc[0] == candles["open_time"].iloc[
         -1
@@ -91,7 +96,9 @@ def test_same_seed_gives_same_forecast(engine, open_engine, tmp_path):
         train_series(other, small_settings(), SERIES)
         forecast_series(other, SERIES)
         forecasts.append(
-            load_latest_forecast(other, SERIES)["predicted_close"].tolist()
+            load_latest_forecast(other, SERIES, model="lstm")[
+                "predicted_close"
+            ].tolist()
         )
 
     assert forecasts[0] == forecasts[1]
@@ -108,3 +115,100 @@ def test_overflowing_model_stores_no_forecast(engine, trained):
         forecast_series(engine, SERIES)
 
     assert count_predictions(engine) == 0
+
+
+def published_rows(engine):
+    query = sa.select(predictions.c.model, predictions.c.model_run_id).where(
+        predictions.c.published.is_(True)
+    )
+    with engine.connect() as connection:
+        return set(connection.execute(query).all())
+
+
+class TestBaselinesAndIntervals:
+    def test_each_baseline_forecasts_every_step(self, engine, trained):
+        candles, _ = trained
+
+        forecast_series(engine, SERIES)
+
+        last_close = candles["close"].iloc[-1]
+        naive = load_latest_forecast(engine, SERIES, model="last_close")
+        seasonal = load_latest_forecast(engine, SERIES, model="seasonal_naive")
+        drift = load_latest_forecast(engine, SERIES, model="drift")
+        assert naive["predicted_close"].tolist() == [last_close] * 3
+        assert (
+            seasonal["predicted_close"].tolist()
+            == candles["close"].iloc[-7:-4].tolist()
+        )
+        assert drift["model_run_id"].isna().all()
+        assert len(drift) == 3
+
+    @pytest.mark.parametrize("model", ["lstm", "last_close", "drift"])
+    def test_rows_carry_nested_intervals(self, engine, trained, model):
+        forecast_series(engine, SERIES)
+
+        rows = load_latest_forecast(engine, SERIES, model=model)
+
+        assert (rows["lower_95"] <= rows["lower_80"]).all()
+        assert (rows["lower_80"] < rows["predicted_close"]).all()
+        assert (rows["predicted_close"] < rows["upper_80"]).all()
+        assert (rows["upper_80"] <= rows["upper_95"]).all()
+
+
+class TestForecastOfRecord:
+    def test_promoted_lstm_is_published(self, engine, trained):
+        _, run = trained
+        with engine.begin() as connection:
+            connection.execute(model_runs.update().values(promoted=True))
+
+        result = forecast_series(engine, SERIES)
+
+        assert published_rows(engine) == {("lstm", run.model_run_id)}
+        assert result.published_model == f"lstm (model run {run.model_run_id})"
+
+    def test_last_close_is_published_without_a_promoted_lstm(self, engine, trained):
+        with engine.begin() as connection:
+            connection.execute(model_runs.update().values(promoted=False))
+
+        result = forecast_series(engine, SERIES)
+
+        assert published_rows(engine) == {("last_close", None)}
+        assert result.published_model == "last_close"
+        record = load_latest_forecast(engine, SERIES)
+        assert record["model"].tolist() == ["last_close"] * 3
+
+    def test_lstm_worse_live_than_last_close_is_demoted(self, engine, trained):
+        candles, run = trained
+        with engine.begin() as connection:
+            connection.execute(model_runs.update().values(promoted=True))
+            # Twelve scored step-1 forecasts, each 5 % above the close that came.
+            connection.execute(
+                predictions.insert(),
+                [
+                    {
+                        "exchange": SERIES.exchange,
+                        "symbol": SERIES.symbol,
+                        "timeframe": SERIES.timeframe,
+                        "model": "lstm",
+                        "model_run_id": run.model_run_id,
+                        "as_of_open_time": candles["open_time"].iloc[index - 1],
+                        "target_open_time": candles["open_time"].iloc[index],
+                        "horizon_step": 1,
+                        "predicted_close": candles["close"].iloc[index] * 1.05,
+                        "published": True,
+                        "created_at": candles["open_time"].iloc[index],
+                    }
+                    for index in range(-13, -1)
+                ],
+            )
+
+        result = forecast_series(engine, SERIES)
+
+        assert result.demotion is not None
+        assert result.demotion.startswith("demoted: live MAE at step 1")
+        assert result.published_model == "last_close"
+        assert load_published_model_run(engine, SERIES) is None
+        with engine.connect() as connection:
+            demoted = connection.execute(sa.select(model_runs)).mappings().one()
+        assert demoted["demoted_at"] is not None
+        assert "vs" in demoted["demotion_reason"]

@@ -1,6 +1,7 @@
 """Ingest through ccxt's real Binance client against a loopback Binance server."""
 
 import datetime as dt
+import logging
 import socket
 
 import pandas as pd
@@ -15,7 +16,7 @@ from btc_lstm.errors import (
     UnknownSymbolError,
 )
 from btc_lstm.ingest import RECHECKED_CANDLES, ingest_from_exchange
-from btc_lstm.store import load_candles
+from btc_lstm.store import load_candles, load_rejected_candles
 from tests.conftest import make_candles
 from tests.exchange_server import BinanceState, binance_ccxt_config, run_binance_server
 
@@ -115,6 +116,38 @@ class TestIngestFromExchange:
         assert load_candles(engine, SERIES)["close"].iloc[-1] == pytest.approx(
             state.markets["BTCUSDT"][2]["close"].iloc[-1]
         )
+
+
+class TestRejectedCandles:
+    def test_bad_candle_goes_to_rejects(self, engine, binance, caplog):
+        state, config = binance
+        candles = state.markets["BTCUSDT"][2]
+        bad_day = candles["open_time"].iloc[100]
+        candles.loc[100, "high"] = candles.loc[100, "low"] / 2
+
+        with caplog.at_level(logging.WARNING, logger="btc_lstm"):
+            result = ingest_from_exchange(engine, SERIES, START, config, state.now_ms)
+
+        rejects = load_rejected_candles(engine, SERIES)
+        assert (result.received, result.inserted, result.rejected) == (1199, 1198, 1)
+        assert bad_day not in set(load_candles(engine, SERIES)["open_time"])
+        assert list(rejects["open_time"]) == [bad_day]
+        assert rejects["source"].iloc[0] == "binance"
+        assert rejects["reason"].iloc[0] == "high below open, close or low"
+        assert rejects["high"].iloc[0] == pytest.approx(candles.loc[100, "high"])
+        assert (
+            f"binance BTC/USDT 1d: rejected 1 candles from binance, first at {bad_day}"
+        ) in caplog.text
+
+    def test_result_counts_rejects(self, engine, binance):
+        state, config = binance
+        candles = state.markets["BTCUSDT"][2]
+        candles.loc[[10, 20], "volume"] = -1.0
+
+        result = ingest_from_exchange(engine, SERIES, START, config, state.now_ms)
+
+        assert result.as_dict()["rejected"] == 2
+        assert len(load_rejected_candles(engine)) == 2
 
 
 class TestExchangeErrors:

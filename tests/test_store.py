@@ -47,6 +47,48 @@ class TestMigrations:
 
         assert differences == []
 
+    def test_upgrade_to_gating_keeps_stored_forecasts(self, database_url, open_engine):
+        engine = open_engine(database_url)
+        upgrade_database(engine, "0003")
+        as_of = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+        with engine.begin() as connection:
+            run_id = connection.execute(
+                sa.text(
+                    "INSERT INTO model_runs (exchange, symbol, timeframe, created_at, "
+                    "window_start_open_time, window_end_open_time, candle_count, "
+                    "hyperparameters, preprocessing, metrics, epochs_trained, "
+                    "training_seconds, keras_version, model_archive) VALUES "
+                    "('binance', 'BTC/USDT', '1d', :t, :t, :t, 1, '{}', '{}', '{}', "
+                    "1, 0.1, 'x', :archive) RETURNING id"
+                ),
+                {"t": as_of, "archive": b"x"},
+            ).scalar_one()
+            connection.execute(
+                sa.text(
+                    "INSERT INTO predictions (exchange, symbol, timeframe, "
+                    "as_of_open_time, target_open_time, horizon_step, "
+                    "predicted_close, model_run_id, created_at) VALUES "
+                    "('binance', 'BTC/USDT', '1d', :t, :t, 1, 42.0, :run, :t)"
+                ),
+                {"t": as_of, "run": run_id},
+            )
+
+        upgrade_database(engine)
+        with engine.connect() as connection:
+            row = connection.execute(
+                sa.text("SELECT model, published, predicted_close FROM predictions")
+            ).one()
+            newest = connection.execute(
+                sa.text("SELECT predicted_close FROM latest_predictions")
+            ).scalar_one()
+
+        assert (row.model, bool(row.published), row.predicted_close) == (
+            "lstm",
+            True,
+            42.0,
+        )
+        assert newest == 42.0
+
     def test_upgrade_twice_is_harmless(self, engine):
         upgrade_database(engine)
 

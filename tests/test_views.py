@@ -36,7 +36,7 @@ def add_model_run(engine, window_end):
     )
 
 
-def add_forecast(engine, run_id, as_of, closes):
+def add_forecast(engine, run_id, as_of, closes, published=True):
     insert_predictions(
         engine,
         [
@@ -50,6 +50,7 @@ def add_forecast(engine, run_id, as_of, closes):
                 "predicted_close": close,
                 "model_run_id": run_id,
                 "created_at": dt.datetime.now(dt.UTC),
+                "published": published,
             }
             for step, close in enumerate(closes, start=1)
         ],

@@ -17,6 +17,7 @@ from typing import Any
 
 from btc_lstm.cli.engines import close_engines
 from btc_lstm.cli.flow_commands import (
+    run_backtest,
     run_daily,
     run_forecast,
     run_ingest,
@@ -29,10 +30,11 @@ from btc_lstm.cli.store_commands import (
     print_predictions,
     print_revision,
     upgrade_database_command,
+    write_report_files,
 )
 from btc_lstm.errors import BtcLstmError
 
-FLOW_COMMANDS = {"run", "ingest", "train", "forecast", "serve"}
+FLOW_COMMANDS = {"run", "ingest", "train", "forecast", "backtest", "serve"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -133,6 +135,53 @@ def build_parser() -> argparse.ArgumentParser:
     _add_series_options(forecast)
     forecast.set_defaults(handler=run_forecast)
 
+    backtest = add_command(
+        "backtest",
+        "run the backtest flow: replay the daily job over past candles and score "
+        "the LSTM and the baselines",
+    )
+    _add_series_options(backtest)
+    _add_model_options(backtest)
+    backtest.add_argument(
+        "--candles",
+        type=int,
+        default=365,
+        help="how many past candles to forecast from (default: 365)",
+    )
+    backtest.add_argument(
+        "--last-as-of",
+        type=_parse_date,
+        metavar="YYYY-MM-DD",
+        help="day of the last candle to forecast from (default: the newest whose "
+        "targets are stored)",
+    )
+    backtest.add_argument(
+        "--retrain-every-candles",
+        type=int,
+        help="candles between retrains (env BTC_LSTM_RETRAIN_EVERY_CANDLES, default 7)",
+    )
+    backtest.add_argument(
+        "--report",
+        dest="report_folder",
+        type=Path,
+        metavar="FOLDER",
+        help="also write the pictures into FOLDER",
+    )
+    backtest.set_defaults(handler=run_backtest)
+
+    report = add_command(
+        "report",
+        "draw the forecast of record and the newest backtest of each series as PNG "
+        "files, without Prefect",
+    )
+    report.add_argument(
+        "--out", type=Path, required=True, metavar="FOLDER", help="folder to write to"
+    )
+    report.add_argument("--exchange", help="only this exchange")
+    report.add_argument("--symbol", help="only this symbol")
+    report.add_argument("--timeframe", help="only this timeframe")
+    report.set_defaults(handler=write_report_files)
+
     serve = add_command(
         "serve",
         "run the daily flow on its schedule, in the foreground, until stopped",
@@ -145,10 +194,16 @@ def build_parser() -> argparse.ArgumentParser:
         "import-csv", "store the candles of CSV files, without Prefect"
     )
     import_csv.add_argument(
-        "paths", nargs="+", type=Path, metavar="PATH", help="candle CSV file"
+        "paths",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help="candle CSV file: a CryptoDataDownload export, a Binance public data "
+        "dump, a Yahoo Finance download or timestamp|date,open,high,low,close,volume",
     )
     import_csv.add_argument(
-        "--exchange", help="ccxt id of the source (default: from the file name)"
+        "--exchange",
+        help="exchange id of the source (default: from the file's layout or name)",
     )
     import_csv.add_argument(
         "--symbol", help="unified symbol such as BTC/USDT (default: from the file)"

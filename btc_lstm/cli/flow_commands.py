@@ -1,4 +1,5 @@
-"""CLI commands that run Prefect flows: run, ingest, train, forecast and serve."""
+"""CLI commands that run Prefect flows: run, ingest, train, forecast, backtest and
+serve."""
 
 import argparse
 import logging
@@ -173,6 +174,43 @@ def run_forecast(arguments: argparse.Namespace) -> int:
 
     forecast(**overrides)
     return 0
+
+
+def run_backtest(arguments: argparse.Namespace) -> int:
+    overrides = {
+        **_series_options(arguments),
+        **_model_options(arguments),
+        "retrain_every_candles": arguments.retrain_every_candles,
+    }
+    _check_before_flow(overrides, uses_exchange=False)
+    _start_flows(arguments.debug)
+    from flows.pipeline import backtest
+
+    report_folder = arguments.report_folder
+    results = backtest(
+        as_of_candles=arguments.candles,
+        last_as_of=arguments.last_as_of,
+        report_folder=str(report_folder.resolve()) if report_folder else None,
+        **overrides,
+    )
+    for result in results:
+        print(_backtest_line(result))
+    return 0
+
+
+def _backtest_line(result: dict[str, Any]) -> str:
+    """Return one line per backtest: its id, range and step-1 MAE ratios."""
+    ratios = ", ".join(
+        f"{model} {values['mae_ratio_to_last_close']:.3f}"
+        for model, values in result["step_1"].items()
+        if values["mae_ratio_to_last_close"] is not None
+    )
+    return (
+        f"{result['exchange']} {result['symbol']} {result['timeframe']}: backtest "
+        f"{result['backtest_run_id']} as of {result['first_as_of_open_time'][:10]}.."
+        f"{result['last_as_of_open_time'][:10]}, step-1 MAE ratio to last close: "
+        f"{ratios}"
+    )
 
 
 def serve_daily(arguments: argparse.Namespace) -> int:

@@ -49,10 +49,12 @@ def import_csv_files(arguments: argparse.Namespace) -> int:
         result = import_candle_file(
             engine, path, exchange=arguments.exchange, symbol=arguments.symbol
         )
+        unchanged = result.received - result.inserted - result.updated - result.rejected
         print(
             f"{path}: {result.exchange} {result.symbol} {result.timeframe}: "
-            f"{result.received} rows read, {result.inserted} new, "
-            f"{result.updated} revised"
+            f"{result.received} rows read, {result.inserted} stored, "
+            f"{result.updated} updated, {unchanged} unchanged, "
+            f"{result.rejected} rejected"
         )
     return 0
 
@@ -101,6 +103,36 @@ def print_predictions(arguments: argparse.Namespace) -> int:
         print(json.dumps(records.to_dict(orient="records"), indent=2))
     else:
         print(table.to_string(index=False))
+    return 0
+
+
+def write_report_files(arguments: argparse.Namespace) -> int:
+    from btc_lstm.report import write_report
+    from btc_lstm.store import list_series
+
+    engine = open_database(upgrade=False)
+    stored = list_series(engine)
+    selected = [
+        series
+        for series in stored
+        if arguments.exchange in (None, series.exchange)
+        and arguments.symbol in (None, series.symbol)
+        and arguments.timeframe in (None, series.timeframe)
+    ]
+    if not selected:
+        raise BtcLstmError(
+            "no forecasts match the filters; run `btc-lstm run` first"
+            if not stored
+            else "no forecasts match the filters; forecasts exist for "
+            + ", ".join(str(series) for series in stored)
+        )
+    for series in selected:
+        report = write_report(engine, series, arguments.out)
+        for path in (report.forecast_png, report.backtest_png):
+            if path is not None:
+                print(path)
+        if report.backtest_png is None:
+            print(f"{series}: no backtest stored; run `btc-lstm backtest` for one")
     return 0
 
 

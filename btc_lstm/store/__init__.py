@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -18,7 +19,16 @@ from sqlalchemy.engine import Connection, Engine
 
 from btc_lstm.candles import CANDLE_COLUMNS, Series
 from btc_lstm.errors import DatabaseError
-from btc_lstm.store.schema import UTCDateTime, model_runs, ohlcv, predictions
+from btc_lstm.store.schema import (
+    UTCDateTime,
+    backtest_forecasts,
+    backtest_metrics,
+    backtest_runs,
+    model_runs,
+    ohlcv,
+    predictions,
+    rejected_candles,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -56,45 +66,193 @@ def upsert_candles(
     """
     if candles.empty:
         return UpsertResult(0, 0, 0)
-
-    now = dt.datetime.now(dt.UTC)
     with engine.begin() as connection:
-        stored = _load_stored_values(connection, series, candles)
-        merged = candles.merge(
-            stored, on="open_time", how="left", suffixes=("", "_stored")
-        )
-        is_new = merged["close_stored"].isna()
-        value_columns = ["open", "high", "low", "close", "volume"]
-        differs = pd.Series(False, index=merged.index)
-        for column in value_columns:
-            differs |= merged[column] != merged[f"{column}_stored"]
-        is_changed = ~is_new & differs
+        return _upsert_candles(connection, series, candles)
 
-        to_write = merged.loc[is_new | is_changed, CANDLE_COLUMNS]
-        if not to_write.empty:
-            rows = [
-                {
-                    "exchange": series.exchange,
-                    "symbol": series.symbol,
-                    "timeframe": series.timeframe,
-                    "updated_at": now,
-                    **record,
-                }
-                for record in _records(to_write)
-            ]
-            statement = _insert(connection, ohlcv)
-            statement = statement.on_conflict_do_update(
-                index_elements=["exchange", "symbol", "timeframe", "open_time"],
-                set_={
-                    column: statement.excluded[column]
-                    for column in [*value_columns, "updated_at"]
-                },
-            )
-            connection.execute(statement, rows)
+
+def store_candles(
+    engine: Engine,
+    series: Series,
+    candles: pd.DataFrame,
+    rejected: pd.DataFrame,
+    source: str,
+) -> UpsertResult:
+    """Upsert valid candles and record rejected ones, all in one transaction.
+
+    A rejected candle that a later ingest of the same source delivers valid is
+    removed from `rejected_candles` when the valid one is stored.
+
+    Args:
+        candles: valid closed candles, as for `upsert_candles`.
+        rejected: the rejected rows of the same ingest: `CANDLE_COLUMNS` plus
+            `reason`; open times are unique.
+        source: exchange id or file name the rows came from.
+
+    Returns:
+        The counts of the candle upsert.
+    """
+    with engine.begin() as connection:
+        upserted = UpsertResult(0, 0, 0)
+        if not candles.empty:
+            upserted = _upsert_candles(connection, series, candles)
+            _delete_accepted_rejects(connection, series, source, candles)
+        upsert_rejected_candles(connection, series, rejected, source)
+    return upserted
+
+
+def _upsert_candles(
+    connection: Connection, series: Series, candles: pd.DataFrame
+) -> UpsertResult:
+    now = dt.datetime.now(dt.UTC)
+    stored = _load_stored_values(connection, series, candles)
+    merged = candles.merge(stored, on="open_time", how="left", suffixes=("", "_stored"))
+    is_new = merged["close_stored"].isna()
+    value_columns = ["open", "high", "low", "close", "volume"]
+    differs = pd.Series(False, index=merged.index)
+    for column in value_columns:
+        differs |= merged[column] != merged[f"{column}_stored"]
+    is_changed = ~is_new & differs
+
+    to_write = merged.loc[is_new | is_changed, CANDLE_COLUMNS]
+    if not to_write.empty:
+        rows = [
+            {
+                "exchange": series.exchange,
+                "symbol": series.symbol,
+                "timeframe": series.timeframe,
+                "updated_at": now,
+                **record,
+            }
+            for record in _records(to_write)
+        ]
+        statement = _insert(connection, ohlcv)
+        statement = statement.on_conflict_do_update(
+            index_elements=["exchange", "symbol", "timeframe", "open_time"],
+            set_={
+                column: statement.excluded[column]
+                for column in [*value_columns, "updated_at"]
+            },
+        )
+        connection.execute(statement, rows)
 
     inserted = int(is_new.sum())
     updated = int(is_changed.sum())
     return UpsertResult(inserted, updated, len(candles) - inserted - updated)
+
+
+_SOURCE_LENGTH = 255
+
+
+def upsert_rejected_candles(
+    connection: Connection, series: Series, rejected: pd.DataFrame, source: str
+) -> int:
+    """Record rejected candles with their reason inside the caller's transaction.
+
+    A row already recorded for the same series, source and open time is updated
+    with the new values and reason instead of being added again. Missing (NaN)
+    values are stored as NULL.
+
+    Args:
+        rejected: `CANDLE_COLUMNS` plus `reason`, with unique open times.
+        source: exchange id or file name; longer names are cut to 255 characters.
+
+    Returns:
+        How many rows were written.
+    """
+    if rejected.empty:
+        return 0
+    now = dt.datetime.now(dt.UTC)
+    value_columns = CANDLE_COLUMNS[1:]
+    values = rejected[value_columns].astype("float64")
+    rows = [
+        {
+            "exchange": series.exchange,
+            "symbol": series.symbol,
+            "timeframe": series.timeframe,
+            "source": source[:_SOURCE_LENGTH],
+            "open_time": open_time.to_pydatetime(),
+            "reason": reason,
+            "rejected_at": now,
+            **{
+                name: None if np.isnan(value) else value
+                for name, value in zip(value_columns, row, strict=True)
+            },
+        }
+        for open_time, reason, row in zip(
+            rejected["open_time"],
+            rejected["reason"],
+            values.to_numpy().tolist(),
+            strict=True,
+        )
+    ]
+    statement = _insert(connection, rejected_candles)
+    statement = statement.on_conflict_do_update(
+        index_elements=["exchange", "symbol", "timeframe", "source", "open_time"],
+        set_={
+            column: statement.excluded[column]
+            for column in [*value_columns, "reason", "rejected_at"]
+        },
+    )
+    connection.execute(statement, rows)
+    return len(rows)
+
+
+def _delete_accepted_rejects(
+    connection: Connection, series: Series, source: str, candles: pd.DataFrame
+) -> None:
+    """Delete the rejects of this source whose open time now has a valid candle."""
+    source_filter = [
+        *_series_filter(rejected_candles, series),
+        rejected_candles.c.source == source[:_SOURCE_LENGTH],
+    ]
+    query = sa.select(rejected_candles.c.id, rejected_candles.c.open_time).where(
+        *source_filter
+    )
+    recorded = _frame(connection.execute(query).all(), ["id", "open_time"])
+    accepted = recorded.loc[recorded["open_time"].isin(candles["open_time"]), "id"]
+    if not accepted.empty:
+        connection.execute(
+            sa.delete(rejected_candles).where(
+                rejected_candles.c.id.in_([int(row_id) for row_id in accepted])
+            )
+        )
+
+
+def load_rejected_candles(
+    engine: Engine, series: Series | None = None, source: str | None = None
+) -> pd.DataFrame:
+    """Return recorded rejected candles, oldest open time first.
+
+    Args:
+        series: only the rejects of this series; None for all series.
+        source: only the rejects from this exchange id or file name.
+
+    Returns:
+        A frame with the columns exchange, symbol, timeframe, open_time, source,
+        open, high, low, close, volume, reason and rejected_at; missing values
+        are NaN.
+    """
+    columns = [
+        "exchange",
+        "symbol",
+        "timeframe",
+        "open_time",
+        "source",
+        *CANDLE_COLUMNS[1:],
+        "reason",
+        "rejected_at",
+    ]
+    query = sa.select(*(rejected_candles.c[name] for name in columns)).order_by(
+        rejected_candles.c.open_time, rejected_candles.c.id
+    )
+    if series is not None:
+        query = query.where(*_series_filter(rejected_candles, series))
+    if source is not None:
+        query = query.where(rejected_candles.c.source == source[:_SOURCE_LENGTH])
+    with engine.connect() as connection:
+        rejects = _frame(connection.execute(query).all(), columns)
+    rejects[CANDLE_COLUMNS[1:]] = rejects[CANDLE_COLUMNS[1:]].astype("float64")
+    return rejects
 
 
 def _load_stored_values(
@@ -223,6 +381,160 @@ def load_latest_model_run(engine: Engine, series: Series) -> dict[str, Any] | No
     return dict(row) if row is not None else None
 
 
+def load_published_model_run(engine: Engine, series: Series) -> dict[str, Any] | None:
+    """Return the published LSTM run of a series, or None when last close is.
+
+    The published run is the newest promoted one, unless it was demoted since: a
+    demotion is not undone by falling back to an older run.
+    """
+    query = (
+        sa.select(model_runs)
+        .where(*_series_filter(model_runs, series), model_runs.c.promoted.is_(True))
+        .order_by(model_runs.c.window_end_open_time.desc(), model_runs.c.id.desc())
+        .limit(1)
+    )
+    with engine.connect() as connection:
+        row = connection.execute(query).mappings().first()
+    if row is None or row["demoted_at"] is not None:
+        return None
+    return dict(row)
+
+
+def demote_model_run(engine: Engine, model_run_id: int, reason: str) -> None:
+    """Mark a published model run as demoted now, with the reason."""
+    with engine.begin() as connection:
+        connection.execute(
+            model_runs.update()
+            .where(model_runs.c.id == model_run_id)
+            .values(demoted_at=dt.datetime.now(dt.UTC), demotion_reason=reason)
+        )
+
+
+def load_live_lstm_errors(engine: Engine, series: Series, limit: int) -> pd.DataFrame:
+    """Return the newest scored step-1 LSTM forecasts of a series.
+
+    Returns:
+        Up to `limit` rows with target_open_time, absolute_error and
+        last_close_absolute_error from `forecast_accuracy`, one per target (the
+        newest model run's), oldest first.
+    """
+    query = sa.text(
+        "SELECT target_open_time, model_run_id, absolute_error, "
+        "last_close_absolute_error FROM forecast_accuracy "
+        "WHERE exchange = :exchange AND symbol = :symbol AND timeframe = :timeframe "
+        "AND model = 'lstm' AND horizon_step = 1 "
+        "ORDER BY target_open_time DESC, model_run_id DESC"
+    )
+    with engine.connect() as connection:
+        rows = connection.execute(
+            query,
+            {
+                "exchange": series.exchange,
+                "symbol": series.symbol,
+                "timeframe": series.timeframe,
+            },
+        ).all()
+    frame = pd.DataFrame(
+        [tuple(row) for row in rows],
+        columns=[
+            "target_open_time",
+            "model_run_id",
+            "absolute_error",
+            "last_close_absolute_error",
+        ],
+    )
+    frame = frame.drop_duplicates("target_open_time").head(limit)
+    return frame.iloc[::-1].reset_index(drop=True)
+
+
+def insert_backtest(
+    engine: Engine,
+    run: dict[str, Any],
+    metrics: pd.DataFrame,
+    forecasts: pd.DataFrame,
+) -> int:
+    """Store one backtest with its metrics and forecasts in one transaction.
+
+    Returns:
+        The id of the new `backtest_runs` row.
+    """
+    with engine.begin() as connection:
+        run_id = int(
+            connection.execute(
+                backtest_runs.insert().returning(backtest_runs.c.id), run
+            ).scalar_one()
+        )
+        metric_rows = [
+            {"backtest_run_id": run_id, **_plain(record)}
+            for record in metrics.to_dict("records")
+        ]
+        connection.execute(backtest_metrics.insert(), metric_rows)
+        forecast_columns = [column.name for column in backtest_forecasts.columns]
+        forecast_rows = [
+            {"backtest_run_id": run_id, **_plain(record)}
+            for record in forecasts[forecast_columns[1:]].to_dict("records")
+        ]
+        connection.execute(backtest_forecasts.insert(), forecast_rows)
+    return run_id
+
+
+def _plain(record: dict[Any, Any]) -> dict[str, Any]:
+    """Turn pandas and NumPy scalars into the Python values drivers accept."""
+    plain: dict[str, Any] = {}
+    for key, value in record.items():
+        if isinstance(value, pd.Timestamp):
+            plain[str(key)] = value.to_pydatetime()
+        elif value is None or (isinstance(value, float) and np.isnan(value)):
+            plain[str(key)] = None
+        elif isinstance(value, np.generic):
+            plain[str(key)] = value.item()
+        else:
+            plain[str(key)] = value
+    return plain
+
+
+def load_latest_backtest(
+    engine: Engine, series: Series
+) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame] | None:
+    """Return the newest backtest of a series: its run, metrics and forecasts."""
+    with engine.connect() as connection:
+        run = (
+            connection.execute(
+                sa.select(backtest_runs)
+                .where(*_series_filter(backtest_runs, series))
+                .order_by(backtest_runs.c.id.desc())
+                .limit(1)
+            )
+            .mappings()
+            .first()
+        )
+        if run is None:
+            return None
+        metrics = pd.DataFrame(
+            connection.execute(
+                sa.select(backtest_metrics)
+                .where(backtest_metrics.c.backtest_run_id == run["id"])
+                .order_by(backtest_metrics.c.model, backtest_metrics.c.horizon_step)
+            )
+            .mappings()
+            .all()
+        )
+        forecasts = pd.DataFrame(
+            connection.execute(
+                sa.select(backtest_forecasts)
+                .where(backtest_forecasts.c.backtest_run_id == run["id"])
+                .order_by(
+                    backtest_forecasts.c.model,
+                    backtest_forecasts.c.as_of_open_time,
+                    backtest_forecasts.c.horizon_step,
+                )
+            )
+            .mappings()
+            .all()
+        )
+    return dict(run), metrics, forecasts
+
+
 def insert_predictions(engine: Engine, rows: list[dict[str, Any]]) -> int:
     """Insert one forecast's rows in one transaction; return how many were new.
 
@@ -231,10 +543,14 @@ def insert_predictions(engine: Engine, rows: list[dict[str, Any]]) -> int:
     """
     if not rows:
         return 0
+    # One statement for many rows needs the same keys in each, and a model
+    # without intervals leaves the interval columns out.
+    columns = {column for row in rows for column in row}
+    rows = [{column: row.get(column) for column in columns} for row in rows]
     with engine.begin() as connection:
-        statement = _insert(connection, predictions).on_conflict_do_nothing(
-            index_elements=["model_run_id", "as_of_open_time", "horizon_step"]
-        )
+        # Either unique key may match: a model run's forecast from a candle, or a
+        # baseline's forecast from a candle.
+        statement = _insert(connection, predictions).on_conflict_do_nothing()
         result = connection.execute(statement.returning(predictions.c.id), rows)
         return len(result.all())
 
@@ -251,26 +567,42 @@ def forecast_exists(
         return connection.execute(query.limit(1)).first() is not None
 
 
-def load_latest_forecast(engine: Engine, series: Series) -> pd.DataFrame:
+def load_latest_forecast(
+    engine: Engine, series: Series, model: str | None = None
+) -> pd.DataFrame:
     """Return the rows of the newest forecast of a series, by horizon step.
 
-    The newest forecast is the one from the latest as-of candle, made by the newest
-    model run that forecast from it. The frame is empty when nothing was forecast.
+    Args:
+        model: "lstm" or a baseline's name; None means the forecast of record.
+
+    Returns:
+        The rows of the forecast from the latest as-of candle (by the newest model
+        run, for the LSTM), with their model and interval bounds. The frame is
+        empty when nothing was forecast.
     """
+    selection = (
+        predictions.c.published.is_(True)
+        if model is None
+        else predictions.c.model == model
+    )
     newest = (
         sa.select(predictions.c.as_of_open_time, predictions.c.model_run_id)
-        .where(*_series_filter(predictions, series))
-        .order_by(
-            predictions.c.as_of_open_time.desc(), predictions.c.model_run_id.desc()
-        )
+        .where(*_series_filter(predictions, series), selection)
+        .order_by(predictions.c.as_of_open_time.desc(), predictions.c.id.desc())
         .limit(1)
     )
     columns = [
         "as_of_open_time",
         "target_open_time",
         "horizon_step",
+        "model",
         "predicted_close",
+        "lower_80",
+        "upper_80",
+        "lower_95",
+        "upper_95",
         "model_run_id",
+        "published",
         "created_at",
     ]
     with engine.connect() as connection:
@@ -281,8 +613,9 @@ def load_latest_forecast(engine: Engine, series: Series) -> pd.DataFrame:
             sa.select(*(predictions.c[name] for name in columns))
             .where(
                 *_series_filter(predictions, series),
+                selection,
                 predictions.c.as_of_open_time == head.as_of_open_time,
-                predictions.c.model_run_id == head.model_run_id,
+                predictions.c.model_run_id.is_not_distinct_from(head.model_run_id),
             )
             .order_by(predictions.c.horizon_step)
         )

@@ -89,6 +89,12 @@ model_runs = sa.Table(
     sa.Column("training_seconds", sa.Float(53), nullable=False),
     sa.Column("keras_version", sa.String(32), nullable=False),
     sa.Column("model_archive", sa.LargeBinary, nullable=False),
+    # Gating: whether this run became the published model when it was trained, and
+    # why; a published run that later forecast worse than last close is demoted.
+    sa.Column("promoted", sa.Boolean, nullable=True),
+    sa.Column("promotion_reason", sa.String(500), nullable=True),
+    sa.Column("demoted_at", UTCDateTime(), nullable=True),
+    sa.Column("demotion_reason", sa.String(500), nullable=True),
     sa.Index(None, "exchange", "symbol", "timeframe", "window_end_open_time"),
 )
 
@@ -103,15 +109,36 @@ predictions = sa.Table(
     sa.Column("target_open_time", UTCDateTime(), nullable=False),
     sa.Column("horizon_step", sa.Integer, nullable=False),
     sa.Column("predicted_close", sa.Float(53), nullable=False),
+    # NULL for the baselines, which have no trained model.
     sa.Column(
         "model_run_id",
         sa.Integer,
         sa.ForeignKey("model_runs.id", ondelete="CASCADE"),
-        nullable=False,
+        nullable=True,
     ),
     sa.Column("created_at", UTCDateTime(), nullable=False),
+    # "lstm" or a baseline: "last_close", "drift", "seasonal_naive".
+    sa.Column("model", sa.String(32), nullable=False, server_default="lstm"),
+    sa.Column("lower_80", sa.Float(53), nullable=True),
+    sa.Column("upper_80", sa.Float(53), nullable=True),
+    sa.Column("lower_95", sa.Float(53), nullable=True),
+    sa.Column("upper_95", sa.Float(53), nullable=True),
+    # Whether this row belongs to the forecast of record when it was written.
+    sa.Column("published", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.UniqueConstraint("model_run_id", "as_of_open_time", "horizon_step"),
     sa.Index(None, "exchange", "symbol", "timeframe", "target_open_time"),
+    sa.Index(
+        "uq_predictions_baseline_forecast",
+        "exchange",
+        "symbol",
+        "timeframe",
+        "model",
+        "as_of_open_time",
+        "horizon_step",
+        unique=True,
+        sqlite_where=sa.text("model_run_id IS NULL"),
+        postgresql_where=sa.text("model_run_id IS NULL"),
+    ),
 )
 
 # Candles that failed validation, kept with the reason instead of being stored in
@@ -133,4 +160,67 @@ rejected_candles = sa.Table(
     sa.Column("reason", sa.String(200), nullable=False),
     sa.Column("rejected_at", UTCDateTime(), nullable=False),
     sa.UniqueConstraint("exchange", "symbol", "timeframe", "source", "open_time"),
+)
+
+# One walk-forward backtest of a series: its range, settings and run time.
+backtest_runs = sa.Table(
+    "backtest_runs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("exchange", sa.String(64), nullable=False),
+    sa.Column("symbol", sa.String(64), nullable=False),
+    sa.Column("timeframe", sa.String(8), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("first_as_of_open_time", UTCDateTime(), nullable=False),
+    sa.Column("last_as_of_open_time", UTCDateTime(), nullable=False),
+    sa.Column("retrain_every_candles", sa.Integer, nullable=False),
+    sa.Column("hyperparameters", _json_type(), nullable=False),
+    sa.Column("retrain_count", sa.Integer, nullable=False),
+    sa.Column("seconds", sa.Float(53), nullable=False),
+)
+
+# Scores of each model of a backtest at each horizon step.
+backtest_metrics = sa.Table(
+    "backtest_metrics",
+    metadata,
+    sa.Column(
+        "backtest_run_id",
+        sa.Integer,
+        sa.ForeignKey("backtest_runs.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("model", sa.String(32), primary_key=True),
+    sa.Column("horizon_step", sa.Integer, primary_key=True),
+    sa.Column("forecasts", sa.Integer, nullable=False),
+    sa.Column("mae", sa.Float(53), nullable=False),
+    sa.Column("rmse", sa.Float(53), nullable=False),
+    sa.Column("mape", sa.Float(53), nullable=False),
+    sa.Column("mase", sa.Float(53), nullable=False),
+    sa.Column("directional_accuracy", sa.Float(53), nullable=True),
+    sa.Column("coverage_80", sa.Float(53), nullable=True),
+    sa.Column("coverage_95", sa.Float(53), nullable=True),
+    sa.Column("mae_ratio_to_last_close", sa.Float(53), nullable=True),
+)
+
+# Every forecast a backtest made, beside the close that happened.
+backtest_forecasts = sa.Table(
+    "backtest_forecasts",
+    metadata,
+    sa.Column(
+        "backtest_run_id",
+        sa.Integer,
+        sa.ForeignKey("backtest_runs.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("model", sa.String(32), primary_key=True),
+    sa.Column("as_of_open_time", UTCDateTime(), primary_key=True),
+    sa.Column("horizon_step", sa.Integer, primary_key=True),
+    sa.Column("target_open_time", UTCDateTime(), nullable=False),
+    sa.Column("as_of_close", sa.Float(53), nullable=False),
+    sa.Column("predicted_close", sa.Float(53), nullable=False),
+    sa.Column("actual_close", sa.Float(53), nullable=False),
+    sa.Column("lower_80", sa.Float(53), nullable=True),
+    sa.Column("upper_80", sa.Float(53), nullable=True),
+    sa.Column("lower_95", sa.Float(53), nullable=True),
+    sa.Column("upper_95", sa.Float(53), nullable=True),
 )
