@@ -35,13 +35,17 @@ def timeframe_to_ms(timeframe: str) -> int:
     return int(count) * _UNIT_MS[unit]
 
 
-def last_closed_open_ms(now_ms: int, timeframe_ms: int) -> int:
+def last_closed_open_ms(
+    now_ms: int, timeframe_ms: int, anchor_offset_ms: int = 0
+) -> int:
     """Return the open time (ms) of the newest candle that has closed by `now_ms`.
 
-    Candles are aligned to multiples of their length since the Unix epoch (00:00 UTC
-    for daily candles). The candle opening at `t` closes at `t + timeframe_ms`.
+    Candles open at `anchor_offset_ms` past a multiple of their length since the
+    Unix epoch: offset 0 puts daily candles at 00:00 UTC, and an offset of 16 hours
+    puts them at 16:00 UTC, the midnight of UTC+8. The candle opening at `t`
+    closes at `t + timeframe_ms`.
     """
-    current_open_ms = now_ms - now_ms % timeframe_ms
+    current_open_ms = now_ms - (now_ms - anchor_offset_ms) % timeframe_ms
     return current_open_ms - timeframe_ms
 
 
@@ -122,15 +126,25 @@ CANDLE_COLUMNS = ["open_time", "open", "high", "low", "close", "volume"]
 PRICE_COLUMNS = ["open", "high", "low", "close"]
 
 
-def find_invalid_candles(candles: pd.DataFrame, timeframe_ms: int) -> pd.Series:
+def find_invalid_candles(
+    candles: pd.DataFrame, timeframe_ms: int, anchor_offset_ms: int | None = None
+) -> pd.Series:
     """Return a reason per invalid row of a candle frame, empty where the row is valid.
 
     A row is invalid when a price or the volume is missing or not finite, when a
     price is not positive, or when the volume is negative. It is also invalid when
     the high is below another price, the low is above one, or the open time is not
-    a multiple of the timeframe since the epoch.
+    `anchor_offset_ms` past a multiple of the timeframe since the epoch.
+
+    Args:
+        anchor_offset_ms: where the series' candles open within a timeframe, such
+            as 57_600_000 for daily candles at 16:00 UTC. None takes the offset
+            that most rows share, so rows at another time of day are invalid.
     """
     reasons = pd.Series("", index=candles.index, dtype="object")
+    offsets_ms = open_times_ms(candles["open_time"]) % timeframe_ms
+    if anchor_offset_ms is None:
+        anchor_offset_ms = int(offsets_ms.mode().min()) if len(offsets_ms) else 0
     values = candles[PRICE_COLUMNS + ["volume"]].astype("float64")
     checks = [
         (~np.isfinite(values).all(axis=1), "missing or non-finite value"),
@@ -145,8 +159,8 @@ def find_invalid_candles(candles: pd.DataFrame, timeframe_ms: int) -> pd.Series:
             "low above open, close or high",
         ),
         (
-            open_times_ms(candles["open_time"]) % timeframe_ms != 0,
-            "open time not aligned to the timeframe",
+            offsets_ms != anchor_offset_ms,
+            "open time not aligned to the series' other candles",
         ),
     ]
     for failed, reason in checks:

@@ -55,3 +55,8 @@ class FanOutError(BtcLstmError):
 
 class ForecastError(BtcLstmError):
     """A stored model produced closes that are not finite and positive."""
+
+
+class MixedAnchorError(ExchangeError):
+    """Candles of one series open at different times of day, such as 00:00 and
+    16:00 UTC for daily candles."""

@@ -107,21 +107,38 @@ class Standardizer:
 def require_contiguous(candles: pd.DataFrame, series: Series, purpose: str) -> None:
     """Check that candles follow each other with no missing open time.
 
+    Missing candles are never filled in, because an interpolated close would
+    teach the model a move that did not happen.
+
     Raises:
-        InsufficientHistoryError: candles are missing; the message names the first
-            missing open time and how many are missing.
+        InsufficientHistoryError: candles are missing; the message counts them
+            and lists the first ten missing open times.
     """
     steps = candles["open_time"].diff().dropna()
     expected = pd.Timedelta(series.timeframe_ms, "ms")
     gaps = steps[steps != expected]
     if gaps.empty:
         return
-    missing = int(sum(step // expected - 1 for step in gaps))
-    first_gap = candles["open_time"].iloc[gaps.index[0] - 1] + expected
-    # TODO: refetch missing candles from the exchange during ingest; today only
-    # an imported file can fill a gap, because ingest resumes after the newest.
+    missing_times = [
+        candles["open_time"].iloc[position - 1] + expected * step
+        for position in gaps.index
+        for step in range(1, int(steps[position] // expected))
+    ]
+    if not missing_times:
+        first = candles["open_time"].iloc[gaps.index[0]]
+        raise InsufficientHistoryError(
+            f"{series}: candles inside the {purpose} window are not one "
+            f"{series.timeframe} apart, first at {first:%Y-%m-%d %H:%M} UTC; the "
+            "series mixes candles that open at different times of day"
+        )
+    listed = ", ".join(f"{moment:%Y-%m-%d %H:%M}" for moment in missing_times[:10])
+    more = len(missing_times) - 10
+    if more > 0:
+        listed += f" and {more} more"
     raise InsufficientHistoryError(
-        f"{series}: {missing} candles missing inside the {purpose} window, first "
-        f"{first_gap:%Y-%m-%d %H:%M} UTC; import a file that covers them with "
-        "`btc-lstm import-csv`, or wait until the window has moved past the gap"
+        f"{series}: {len(missing_times)} candles missing inside the {purpose} "
+        f"window, first {missing_times[0]:%Y-%m-%d %H:%M} UTC, missing open times "
+        f"{listed} UTC; run the ingest again to refetch them from the exchange, "
+        "import a file that covers them with `btc-lstm import-csv`, or wait until "
+        "the window has moved past the gap"
     )

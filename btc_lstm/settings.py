@@ -19,7 +19,7 @@ from pydantic_settings import (
     SettingsError,
 )
 
-from btc_lstm.candles import is_unified_symbol, timeframe_to_ms
+from btc_lstm.candles import Series, is_unified_symbol, timeframe_to_ms
 from btc_lstm.errors import ConfigError
 
 ENV_PREFIX = "BTC_LSTM_"
@@ -45,7 +45,9 @@ class Settings(BaseSettings):
     )
     symbols: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["BTC/USDT"],
-        description="Unified ccxt symbols; comma-separated in the environment.",
+        description="Unified ccxt symbols, on `exchange` unless written as "
+        "EXCHANGE:SYMBOL (such as kraken:BTC/USD); comma-separated in the "
+        "environment.",
     )
     timeframe: str = Field("1d", description="Candle length, as ccxt names it.")
     history_start: dt.date = Field(
@@ -111,6 +113,12 @@ class Settings(BaseSettings):
         description="JSON object passed to the ccxt exchange constructor "
         "(timeouts, options, proxies, or urls of a mirror).",
     )
+    ccxt_config_by_exchange: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="JSON object of ccxt configs by exchange id, such as "
+        '{"kraken": {"timeout": 30000}}; an exchange listed here gets its own '
+        "config instead of ccxt_config.",
+    )
     # Prefect accepts at most 50 retry delays per task.
     fetch_retries: int = Field(
         3,
@@ -137,13 +145,42 @@ class Settings(BaseSettings):
     def _check_symbols(cls, symbols: list[str]) -> list[str]:
         if not symbols:
             raise ValueError("at least one symbol is required, such as BTC/USDT")
-        for symbol in symbols:
+        for entry in symbols:
+            exchange, symbol = split_symbol_entry(entry)
+            if exchange is not None and not _EXCHANGE_ID_PATTERN.match(exchange):
+                raise ValueError(
+                    f"{entry!r} names exchange {exchange!r}, which is not a ccxt "
+                    "exchange id; write EXCHANGE:SYMBOL with a lowercase id, such as "
+                    "kraken:BTC/USD"
+                )
             if not is_unified_symbol(symbol):
                 raise ValueError(
-                    f"{symbol!r} is not a unified ccxt symbol; write it as BASE/QUOTE, "
-                    "such as BTC/USDT"
+                    f"{entry!r} is not a unified ccxt symbol; write it as BASE/QUOTE, "
+                    "such as BTC/USDT, or EXCHANGE:BASE/QUOTE, such as kraken:BTC/USD"
                 )
         return symbols
+
+    def configured_series(self) -> list[Series]:
+        """Return one series per entry of `symbols`, in order, without repeats."""
+        series_list: list[Series] = []
+        for entry in self.symbols:
+            exchange, symbol = split_symbol_entry(entry)
+            series = Series(exchange or self.exchange, symbol, self.timeframe)
+            if series not in series_list:
+                series_list.append(series)
+        return series_list
+
+    def ccxt_config_for(self, exchange_id: str) -> dict[str, Any]:
+        """Return the ccxt config of an exchange.
+
+        An exchange listed in `ccxt_config_by_exchange` gets that config. The
+        default `exchange` gets `ccxt_config`, and any other exchange none.
+        """
+        if exchange_id in self.ccxt_config_by_exchange:
+            return self.ccxt_config_by_exchange[exchange_id]
+        if exchange_id == self.exchange:
+            return self.ccxt_config
+        return {}
 
     @field_validator("timeframe")
     @classmethod
@@ -166,6 +203,21 @@ class Settings(BaseSettings):
                 f"horizon_candles={self.horizon_candles}; use at least {minimum_window}"
             )
         return self
+
+
+_EXCHANGE_ID_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$", re.ASCII)
+
+
+def split_symbol_entry(entry: str) -> tuple[str | None, str]:
+    """Split a `symbols` entry into its exchange id (None if not given) and symbol.
+
+    The exchange comes before the first colon, but only when no slash precedes
+    that colon, so that a contract symbol such as BTC/USDT:USDT stays whole.
+    """
+    prefix, colon, rest = entry.partition(":")
+    if colon and "/" not in prefix:
+        return prefix, rest
+    return None, entry
 
 
 def minimum_window_candles(lookback_candles: int, horizon_candles: int) -> int:

@@ -1,8 +1,9 @@
 """The flows `ingest`, `train`, `forecast` and `daily`, which runs the three in order,
 and `backtest`, which replays the daily job over past candles.
 
-Each flow loops over its symbols so that one symbol's failure does not stop the
-others. The flow still fails at the end, with the first error as its reason.
+Each flow runs one task per series so that one series' failure does not stop the
+others; the ingest flow fetches all series at once. The flow still fails at the
+end, with the first error as its reason.
 The database URL is never a flow parameter, so its password never reaches the
 Prefect API: it comes from BTC_LSTM_DATABASE_URL.
 """
@@ -13,7 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, cast
 
-from prefect import Task, flow, get_client, get_run_logger
+from prefect import Task, flow, get_client, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact
 from prefect.client.schemas.objects import FlowRun, State
 from prefect.deployments import run_deployment
@@ -34,6 +35,9 @@ from flows.tasks import (
 )
 
 COMPLETED_RESULTS = "btc_lstm_completed_results"
+# Every failure of a flow's tasks, as "ErrorClass: series: message" lines, set on
+# the error that the flow raises.
+FAILURE_LINES = "btc_lstm_failure_lines"
 FAN_OUT_POLL_SECONDS = 2.0
 
 
@@ -45,11 +49,14 @@ def ingest(
     csv_paths: list[str] | None = None,
     history_start: dt.date | None = None,
     ccxt_config: dict[str, Any] | None = None,
+    ccxt_config_by_exchange: dict[str, dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Store new closed candles from the exchange, or from CSV files when given.
+    """Store new closed candles from the exchanges, or from CSV files when given.
 
-    Keep secrets such as API keys out of `ccxt_config` here, because Prefect
-    stores flow parameters; put them in BTC_LSTM_CCXT_CONFIG on the worker.
+    The series of all `symbols` entries, such as "BTC/USDT" on `exchange` and
+    "kraken:BTC/USD", are fetched concurrently. Keep secrets such as API keys out
+    of the ccxt configs here, because Prefect stores flow parameters; put them
+    in BTC_LSTM_CCXT_CONFIG or BTC_LSTM_CCXT_CONFIG_BY_EXCHANGE on the worker.
     """
     settings = load_settings(
         symbols=symbols,
@@ -57,6 +64,7 @@ def ingest(
         timeframe=timeframe,
         history_start=history_start,
         ccxt_config=ccxt_config,
+        ccxt_config_by_exchange=ccxt_config_by_exchange,
     )
     prepare_database(settings)
 
@@ -70,7 +78,21 @@ def ingest(
         retries=settings.fetch_retries,
         retry_delay_seconds=retry_delays_seconds(settings),
     )
-    return _run_for_each_series(fetch, settings)
+    series_list = settings.configured_series()
+    futures = fetch.map(unmapped(settings), series_list)
+    futures.wait()
+    states = [future.state for future in futures]
+    subjects = [str(series) for series in series_list]
+    outcomes = [state.result(raise_on_failure=False) for state in states]
+    create_markdown_artifact(
+        key="ingest-summary",
+        markdown=ingest_markdown(
+            [row for row in outcomes if not isinstance(row, BaseException)],
+            _failure_lines(outcomes, subjects),
+        ),
+        description="Candles stored, refetched and still missing per series",
+    )
+    return _results_or_first_error(states, subjects)
 
 
 @flow(name="train")
@@ -127,6 +149,7 @@ def daily(
     epochs: int | None = None,
     random_seed: int | None = None,
     fan_out_deployment: str | None = None,
+    ccxt_config_by_exchange: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Ingest, train and forecast, in that order.
 
@@ -153,6 +176,7 @@ def daily(
                 "timeframe": timeframe,
                 "history_start": history_start,
                 "ccxt_config": ccxt_config,
+                "ccxt_config_by_exchange": ccxt_config_by_exchange,
                 "window_candles": window_candles,
                 "lookback_candles": lookback_candles,
                 "horizon_candles": horizon_candles,
@@ -170,6 +194,7 @@ def daily(
         csv_paths,
         history_start,
         ccxt_config,
+        ccxt_config_by_exchange,
         return_state=True,
     )
     # Only series whose candles arrived are trained and forecast: after a failed
@@ -319,10 +344,58 @@ def summary_markdown(summary: dict[str, Any], errors: Sequence[BaseException]) -
             f"{row['published_model']} | {row.get('demotion') or '-'} |"
         )
 
+    lines += _missing_lines(summary["ingested"])
     if errors:
         lines += ["", "## Failures", ""]
-        lines += [f"- {type(error).__name__}: {error}" for error in errors]
+        for error in errors:
+            default = [f"{type(error).__name__}: {error}"]
+            lines += [f"- {line}" for line in getattr(error, FAILURE_LINES, default)]
     return "\n".join(lines) + "\n"
+
+
+def ingest_markdown(results: list[dict[str, Any]], failure_lines: list[str]) -> str:
+    """Return a Markdown report of one ingest: counts, missing candles, failures."""
+    lines = ["# Ingest", "", "| series | received | new | revised | rejected | "]
+    lines[-1] += "refetched | still missing | newest |"
+    lines += ["| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for row in results:
+        lines.append(
+            f"| {_series_name(row)} | {row['received']} | {row['inserted']} | "
+            f"{row['updated']} | {row['rejected']} | {row.get('refetched', 0)} | "
+            f"{row.get('missing', 0)} | {row['last_open_time'] or '-'} |"
+        )
+    lines += _missing_lines(results)
+    if failure_lines:
+        lines += ["", "## Failures", ""]
+        lines += [f"- {line}" for line in failure_lines]
+    return "\n".join(lines) + "\n"
+
+
+def _missing_lines(results: list[dict[str, Any]]) -> list[str]:
+    """Return a Markdown section on candles still missing after a refetch."""
+    incomplete = [row for row in results if row.get("missing", 0)]
+    if not incomplete:
+        return []
+    lines = ["", "## Missing candles", ""]
+    for row in incomplete:
+        listed = row["missing_open_times"]
+        more = row["missing"] - len(listed)
+        times = ", ".join(listed) + (f" and {more} more" if more > 0 else "")
+        lines.append(
+            f"- {_series_name(row)}: {row['missing']} missing, open times {times}"
+        )
+    return lines
+
+
+def _failure_lines(outcomes: list[Any], subjects: list[str]) -> list[str]:
+    lines = []
+    for outcome, subject in zip(outcomes, subjects, strict=True):
+        if isinstance(outcome, BaseException):
+            message = str(outcome)
+            if subject not in message:
+                message = f"{subject}: {message}"
+            lines.append(f"{type(outcome).__name__}: {message}")
+    return lines
 
 
 def _series_name(row: dict[str, Any]) -> str:
@@ -398,10 +471,7 @@ def _wait_for_runs(run_ids: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def _configured_series(settings: Settings) -> list[Series]:
-    return [
-        Series(settings.exchange, symbol, settings.timeframe)
-        for symbol in settings.symbols
-    ]
+    return settings.configured_series()
 
 
 def _run_for_each_series(
@@ -443,8 +513,8 @@ def _results_or_first_error(
     logger = get_run_logger()
     results = []
     errors = []
-    for state, subject in zip(states, subjects, strict=True):
-        outcome = state.result(raise_on_failure=False)
+    outcomes = [state.result(raise_on_failure=False) for state in states]
+    for outcome, subject in zip(outcomes, subjects, strict=True):
         if isinstance(outcome, BaseException):
             message = str(outcome)
             if subject not in message:
@@ -455,7 +525,8 @@ def _results_or_first_error(
             results.append(outcome)
     if errors:
         # The caller of a failed subflow gets only the exception, so it carries
-        # the results of the tasks that did complete.
+        # the results of the tasks that did complete and every failure.
         setattr(errors[0], COMPLETED_RESULTS, results)
+        setattr(errors[0], FAILURE_LINES, _failure_lines(outcomes, subjects))
         raise errors[0]
     return results

@@ -78,7 +78,7 @@ def fetch_candles(settings: Settings, series: Series) -> dict[str, Any]:
         engine_for(settings.database_url),
         series,
         history_start=settings.history_start,
-        ccxt_config=settings.ccxt_config,
+        ccxt_config=settings.ccxt_config_for(series.exchange),
     )
     return result.as_dict()
 

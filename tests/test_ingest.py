@@ -15,13 +15,14 @@ from btc_lstm.errors import (
     UnknownExchangeError,
     UnknownSymbolError,
 )
-from btc_lstm.ingest import ingest_from_exchange
+from btc_lstm.ingest import RECHECKED_CANDLES, ingest_from_exchange
 from btc_lstm.store import load_candles, load_rejected_candles
 from tests.conftest import make_candles
 from tests.exchange_server import BinanceState, binance_ccxt_config, run_binance_server
 
 SERIES = Series("binance", "BTC/USDT", "1d")
 HALF_DAY_MS = 43_200_000
+DAY_MS = 86_400_000
 START = dt.date(2022, 1, 1)
 
 
@@ -58,8 +59,11 @@ class TestIngestFromExchange:
 
         ingest_from_exchange(engine, SERIES, START, config, state.now_ms)
 
-        # Binance returns at most 500 klines per request unless a limit is given.
-        assert len(klines_requests(state)) == 3
+        # ccxt lists 1000 klines as Binance's largest page, and each request
+        # asks for that many.
+        requests = klines_requests(state)
+        assert len(requests) == 2
+        assert all("limit=1000" in path for path in requests)
 
     def test_stored_prices_match_exchange(self, engine, binance):
         state, config = binance
@@ -84,20 +88,22 @@ class TestIngestFromExchange:
 
         assert result.inserted == 2
         first_request = klines_requests(state)[0]
-        resume_ms = datetime_to_ms(candles["open_time"].iloc[-3])
+        # The newest stored candles are fetched again to pick up revisions.
+        newest_stored = candles["open_time"].iloc[-4]
+        resume_ms = datetime_to_ms(newest_stored) - (RECHECKED_CANDLES - 1) * DAY_MS
         assert f"startTime={resume_ms}" in first_request
 
-    def test_nothing_new_stores_nothing(self, engine, binance, caplog):
+    def test_nothing_new_stores_nothing(self, engine, binance):
         state, config = binance
         ingest_from_exchange(engine, SERIES, START, config, state.now_ms)
         state.requests.clear()
 
-        with caplog.at_level(logging.INFO, logger="btc_lstm"):
-            result = ingest_from_exchange(engine, SERIES, START, config, state.now_ms)
+        result = ingest_from_exchange(engine, SERIES, START, config, state.now_ms)
 
         assert result.inserted == 0
-        assert klines_requests(state) == []
-        assert "binance BTC/USDT 1d: no new closed candles from binance" in caplog.text
+        assert result.updated == 0
+        assert result.received == RECHECKED_CANDLES
+        assert len(klines_requests(state)) == 1
 
     def test_open_candle_is_stored_once_it_closes(self, engine, binance):
         state, config = binance

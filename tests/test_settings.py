@@ -2,7 +2,12 @@ import datetime as dt
 
 import pytest
 
-from btc_lstm.candles import last_closed_open_ms, schedule_cron, timeframe_to_ms
+from btc_lstm.candles import (
+    Series,
+    last_closed_open_ms,
+    schedule_cron,
+    timeframe_to_ms,
+)
 from btc_lstm.errors import ConfigError
 from btc_lstm.settings import load_settings
 
@@ -109,3 +114,75 @@ class TestScheduleCron:
     def test_uneven_timeframe_has_no_schedule(self, timeframe):
         with pytest.raises(ConfigError, match="no schedule for timeframe"):
             schedule_cron(timeframe)
+
+
+class TestSeveralExchanges:
+    def test_prefixed_symbol_names_its_exchange(self):
+        settings = load_settings(symbols=["BTC/USDT", "kraken:BTC/USD"])
+
+        assert settings.configured_series() == [
+            Series("binance", "BTC/USDT", "1d"),
+            Series("kraken", "BTC/USD", "1d"),
+        ]
+
+    def test_contract_symbol_keeps_its_settle_currency(self):
+        settings = load_settings(symbols=["BTC/USDT:USDT", "bybit:ETH/USDT:USDT"])
+
+        assert settings.configured_series() == [
+            Series("binance", "BTC/USDT:USDT", "1d"),
+            Series("bybit", "ETH/USDT:USDT", "1d"),
+        ]
+
+    def test_repeated_series_is_fetched_once(self):
+        settings = load_settings(symbols=["BTC/USDT", "binance:BTC/USDT"])
+
+        assert len(settings.configured_series()) == 1
+
+    def test_environment_entries_are_split(self, monkeypatch):
+        monkeypatch.setenv("BTC_LSTM_SYMBOLS", "BTC/USDT, kraken:BTC/USD")
+        monkeypatch.setenv("BTC_LSTM_EXCHANGE", "bitstamp")
+
+        settings = load_settings()
+
+        assert [series.exchange for series in settings.configured_series()] == [
+            "bitstamp",
+            "kraken",
+        ]
+
+    def test_invalid_exchange_prefix_is_rejected(self):
+        with pytest.raises(
+            ConfigError, match="exchange 'Kraken', which is not a ccxt exchange id"
+        ):
+            load_settings(symbols=["Kraken:BTC/USD"])
+
+    def test_ccxt_config_by_exchange(self, monkeypatch):
+        monkeypatch.setenv("BTC_LSTM_CCXT_CONFIG", '{"timeout": 5000}')
+        monkeypatch.setenv(
+            "BTC_LSTM_CCXT_CONFIG_BY_EXCHANGE", '{"kraken": {"timeout": 9000}}'
+        )
+
+        settings = load_settings()
+
+        assert settings.ccxt_config_for("binance") == {"timeout": 5000}
+        assert settings.ccxt_config_for("kraken") == {"timeout": 9000}
+        assert settings.ccxt_config_for("bitstamp") == {}
+
+    def test_ccxt_config_by_exchange_needs_objects(self):
+        with pytest.raises(ConfigError, match="ccxt_config_by_exchange"):
+            load_settings(ccxt_config_by_exchange={"kraken": 5})
+
+
+class TestAnchoredClosedRule:
+    def test_candle_at_16_closes_at_16_next_day(self):
+        anchor_ms = 16 * 3_600_000
+        close_ms = 20_000 * DAY_MS + anchor_ms
+
+        assert last_closed_open_ms(close_ms, DAY_MS, anchor_ms) == close_ms - DAY_MS
+        assert last_closed_open_ms(close_ms - 1, DAY_MS, anchor_ms) == (
+            close_ms - 2 * DAY_MS
+        )
+
+    def test_four_hour_candles(self):
+        now_ms = 20_000 * DAY_MS + 5 * 3_600_000
+
+        assert last_closed_open_ms(now_ms, 4 * 3_600_000) == 20_000 * DAY_MS

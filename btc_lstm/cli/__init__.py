@@ -254,7 +254,8 @@ def _add_series_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--symbols",
         type=_comma_list,
-        help="comma-separated unified symbols (env BTC_LSTM_SYMBOLS), e.g. BTC/USDT",
+        help="comma-separated unified symbols, each optionally prefixed by another "
+        "exchange id (env BTC_LSTM_SYMBOLS), e.g. BTC/USDT,kraken:BTC/USD",
     )
     parser.add_argument(
         "--timeframe", help="candle length such as 1d or 4h (env BTC_LSTM_TIMEFRAME)"
@@ -274,6 +275,13 @@ def _add_source_options(parser: argparse.ArgumentParser) -> None:
         metavar="JSON",
         help="JSON object for the ccxt exchange constructor, replacing "
         "BTC_LSTM_CCXT_CONFIG",
+    )
+    parser.add_argument(
+        "--ccxt-config-by-exchange",
+        type=_parse_json_object,
+        metavar="JSON",
+        help='JSON object of ccxt configs by exchange id, such as {"kraken": '
+        '{"timeout": 30000}}, replacing BTC_LSTM_CCXT_CONFIG_BY_EXCHANGE',
     )
     parser.add_argument(
         "--csv",

@@ -31,6 +31,7 @@ def _source_options(arguments: argparse.Namespace) -> dict[str, Any]:
     return {
         "history_start": arguments.history_start,
         "ccxt_config": arguments.ccxt_config,
+        "ccxt_config_by_exchange": arguments.ccxt_config_by_exchange,
     }
 
 
@@ -56,7 +57,8 @@ def _check_before_flow(overrides: dict[str, Any], uses_exchange: bool) -> None:
     if uses_exchange:
         from btc_lstm.exchange import check_exchange_id
 
-        check_exchange_id(settings.exchange)
+        for exchange_id in {series.exchange for series in settings.configured_series()}:
+            check_exchange_id(exchange_id)
     open_engine(settings.database_url)
 
 

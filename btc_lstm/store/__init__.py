@@ -543,6 +543,10 @@ def insert_predictions(engine: Engine, rows: list[dict[str, Any]]) -> int:
     """
     if not rows:
         return 0
+    # One statement for many rows needs the same keys in each, and a model
+    # without intervals leaves the interval columns out.
+    columns = {column for row in rows for column in row}
+    rows = [{column: row.get(column) for column in columns} for row in rows]
     with engine.begin() as connection:
         # Either unique key may match: a model run's forecast from a candle, or a
         # baseline's forecast from a candle.
@@ -628,3 +632,15 @@ def list_series(engine: Engine, table: sa.Table = predictions) -> list[Series]:
     )
     with engine.connect() as connection:
         return [Series(*row) for row in connection.execute(query)]
+
+
+def load_open_times(engine: Engine, series: Series) -> pd.Series:
+    """Return the open times of every stored candle of a series, oldest first."""
+    query = (
+        sa.select(ohlcv.c.open_time)
+        .where(*_series_filter(ohlcv, series))
+        .order_by(ohlcv.c.open_time)
+    )
+    with engine.connect() as connection:
+        rows = connection.execute(query).all()
+    return _frame(rows, ["open_time"])["open_time"]
