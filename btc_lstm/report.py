@@ -158,6 +158,7 @@ def _draw_backtest(
             label=model,
         )
     by_step.set_title("MAE by horizon step, whole backtest")
+    by_step.set_xticks(sorted(metrics["horizon_step"].unique()))
     by_step.set_xlabel("horizon step (candles ahead)")
     by_step.set_ylabel("mean absolute error")
     by_step.grid(alpha=0.3)
@@ -212,11 +213,16 @@ def _draw_recent_forecasts(axes: Any, series: Series, step_1: pd.DataFrame) -> N
 
 
 def _draw_rolling_error(axes: Any, step_1: pd.DataFrame) -> None:
-    """Draw each model's 30-forecast rolling step-1 MAE over last close's."""
+    """Draw each model's rolling step-1 MAE over last close's.
+
+    The window is 30 forecasts, or a third of a shorter backtest's forecasts so
+    that the line still has points.
+    """
     errors = step_1.assign(
         absolute_error=(step_1["predicted_close"] - step_1["actual_close"]).abs()
     ).pivot(index="target_open_time", columns="model", values="absolute_error")
-    rolling = errors.rolling(ROLLING_FORECASTS).mean()
+    window = min(ROLLING_FORECASTS, max(1, len(errors) // 3))
+    rolling = errors.rolling(window).mean()
     for model in ("lstm", "drift", "published"):
         if model in rolling:
             axes.plot(
@@ -227,8 +233,7 @@ def _draw_rolling_error(axes: Any, step_1: pd.DataFrame) -> None:
             )
     axes.axhline(1.0, color=MODEL_COLORS["last_close"], linestyle="--")
     axes.set_title(
-        f"Step-1 MAE over the last {ROLLING_FORECASTS} forecasts, "
-        "relative to last close"
+        f"Step-1 MAE over the last {window} forecasts, relative to last close"
     )
     axes.set_ylabel("MAE ratio (below 1 beats last close)")
     axes.grid(alpha=0.3)
