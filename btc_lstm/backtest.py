@@ -24,7 +24,7 @@ from btc_lstm.baselines import (
     season_candles,
 )
 from btc_lstm.candles import Series
-from btc_lstm.errors import InsufficientHistoryError
+from btc_lstm.errors import ConfigError, InsufficientHistoryError
 from btc_lstm.features import candle_features, require_contiguous
 from btc_lstm.gating import demotion_decision
 from btc_lstm.scoring import interval_columns, naive_scale, score_forecasts
@@ -85,6 +85,11 @@ def backtest_series(
             window before the first as-of candle and the targets after the last,
             without gaps.
     """
+    if as_of_candles < 1:
+        raise ConfigError(
+            f"a backtest needs at least 1 as-of candle, got {as_of_candles}; "
+            "pass --candles 1 or more"
+        )
     started = time.perf_counter()
     candles = load_candles(engine, series)
     anchors = _as_of_indices(candles, settings, series, as_of_candles, last_as_of)
@@ -180,18 +185,22 @@ def _as_of_indices(
 ) -> np.ndarray:
     horizon = settings.horizon_candles
     last_index = len(candles) - 1 - horizon
+    available = len(candles)
     if last_as_of is not None:
         end = pd.Timestamp(last_as_of, tz="UTC") + pd.Timedelta(days=1)
-        last_index = min(last_index, int((candles["open_time"] < end).sum()) - 1)
+        through_last_as_of = int((candles["open_time"] < end).sum())
+        last_index = min(last_index, through_last_as_of - 1)
+        available = min(available, through_last_as_of + horizon)
     first_index = last_index - as_of_candles + 1
-    needed = settings.window_candles + as_of_candles + horizon
+    # The first as-of candle is the last candle of its training window.
+    needed = settings.window_candles + as_of_candles - 1 + horizon
     if first_index < settings.window_candles - 1:
         raise InsufficientHistoryError(
             f"{series}: a backtest over {as_of_candles} candles needs {needed} "
             f"stored candles up to the last as-of candle's targets (a "
-            f"{settings.window_candles}-candle window, the as-of candles and "
-            f"{horizon} targets), found {max(last_index + horizon + 1, 0)}; "
-            "import more history or backtest fewer candles"
+            f"{settings.window_candles}-candle window ending at the first as-of "
+            f"candle, the other as-of candles and {horizon} targets), found "
+            f"{available}; import more history or backtest fewer candles"
         )
     return np.arange(first_index, last_index + 1)
 

@@ -114,18 +114,20 @@ def require_contiguous(candles: pd.DataFrame, series: Series, purpose: str) -> N
         InsufficientHistoryError: candles are missing; the message counts them
             and lists the first ten missing open times.
     """
-    steps = candles["open_time"].diff().dropna()
+    # Positions, not the caller's row labels, which may come from a slice.
+    open_times = candles["open_time"].reset_index(drop=True)
+    steps = open_times.diff().dropna()
     expected = pd.Timedelta(series.timeframe_ms, "ms")
     gaps = steps[steps != expected]
     if gaps.empty:
         return
     missing_times = [
-        candles["open_time"].iloc[position - 1] + expected * step
+        open_times.iloc[position - 1] + expected * step
         for position in gaps.index
         for step in range(1, int(steps[position] // expected))
     ]
     if not missing_times:
-        first = candles["open_time"].iloc[gaps.index[0]]
+        first = open_times.iloc[gaps.index[0]]
         raise InsufficientHistoryError(
             f"{series}: candles inside the {purpose} window are not one "
             f"{series.timeframe} apart, first at {first:%Y-%m-%d %H:%M} UTC; the "

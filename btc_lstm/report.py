@@ -56,7 +56,7 @@ def write_report(engine: Engine, series: Series, folder: Path) -> Report:
             f"{series}: no forecast and no backtest stored; run `btc-lstm run` or "
             "`btc-lstm backtest` first"
         )
-    folder.mkdir(parents=True, exist_ok=True)
+    prepare_report_folder(folder)
     stem = f"{series.exchange}-{series.symbol.replace('/', '-')}-{series.timeframe}"
     forecast_png = None
     if not forecast.empty:
@@ -71,6 +71,34 @@ def write_report(engine: Engine, series: Series, folder: Path) -> Report:
         _draw_backtest(series, run, metrics, forecasts, backtest_png)
         markdown = metrics_markdown(series, run, metrics)
     return Report(series, forecast_png, backtest_png, markdown)
+
+
+def prepare_report_folder(folder: Path) -> None:
+    """Create `folder` if needed and check that files can be written into it.
+
+    Raises:
+        BtcLstmError: the folder cannot be created or written to.
+    """
+    probe = folder / ".btc-lstm-write-check"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise BtcLstmError(
+            f"cannot write the report to {folder}: {exc.strerror or exc}; choose a "
+            "folder you can write to"
+        ) from exc
+
+
+def _save(figure: Any, path: Path) -> None:
+    try:
+        figure.savefig(path)
+    except OSError as exc:
+        raise BtcLstmError(
+            f"cannot write {path}: {exc.strerror or exc}; choose a folder you can "
+            "write to"
+        ) from exc
 
 
 def _pyplot() -> Any:
@@ -127,8 +155,10 @@ def _draw_forecast(
     axes.legend(loc="upper left")
     figure.autofmt_xdate()
     figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+    try:
+        _save(figure, path)
+    finally:
+        plt.close(figure)
 
 
 def _draw_backtest(
@@ -170,8 +200,10 @@ def _draw_backtest(
     )
     figure.autofmt_xdate()
     figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+    try:
+        _save(figure, path)
+    finally:
+        plt.close(figure)
 
 
 def _draw_recent_forecasts(axes: Any, series: Series, step_1: pd.DataFrame) -> None:

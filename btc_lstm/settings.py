@@ -194,13 +194,15 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check_lengths(self) -> "Settings":
         minimum_window = minimum_window_candles(
-            self.lookback_candles, self.horizon_candles
+            self.lookback_candles, self.horizon_candles, self.validation_fraction
         )
         if self.window_candles < minimum_window:
             raise ValueError(
                 f"window_candles={self.window_candles} is too short for "
-                f"lookback_candles={self.lookback_candles} and "
-                f"horizon_candles={self.horizon_candles}; use at least {minimum_window}"
+                f"lookback_candles={self.lookback_candles}, "
+                f"horizon_candles={self.horizon_candles} and "
+                f"validation_fraction={self.validation_fraction}; use at least "
+                f"{minimum_window}"
             )
         return self
 
@@ -220,14 +222,47 @@ def split_symbol_entry(entry: str) -> tuple[str | None, str]:
     return None, entry
 
 
-def minimum_window_candles(lookback_candles: int, horizon_candles: int) -> int:
-    """Return the smallest window that leaves ten training and two validation samples.
+# The split in btc_lstm.train needs at least this many samples on each side.
+MINIMUM_TRAINING_SAMPLES = 10
+MINIMUM_VALIDATION_SAMPLES = 2
 
-    One sample needs `lookback_candles` returns (one candle more) plus
-    `horizon_candles` future candles, and `horizon_candles` samples are dropped
-    between the training and validation parts so their targets never overlap.
+
+def validation_sample_count(sample_count: int, validation_fraction: float) -> int:
+    """Return how many of `sample_count` samples are held out for validation."""
+    return max(MINIMUM_VALIDATION_SAMPLES, round(sample_count * validation_fraction))
+
+
+def minimum_window_candles(
+    lookback_candles: int, horizon_candles: int, validation_fraction: float = 0.2
+) -> int:
+    """Return the smallest window that leaves enough training and validation samples.
+
+    A window of W candles gives W - lookback - horizon samples, because one
+    sample needs `lookback_candles` returns (one candle more than that) plus
+    `horizon_candles` future candles. The validation share is held out and the
+    `horizon_candles` samples before it are dropped, so that no training target
+    reaches into the validation period.
     """
-    return lookback_candles + 1 + 2 * horizon_candles + 12
+
+    def enough(sample_count: int) -> bool:
+        validation_count = validation_sample_count(sample_count, validation_fraction)
+        training_count = sample_count - validation_count - horizon_candles
+        return training_count >= MINIMUM_TRAINING_SAMPLES
+
+    # The training count never falls as samples are added, so a binary search
+    # finds the smallest sample count that is enough.
+    low = MINIMUM_TRAINING_SAMPLES + horizon_candles + MINIMUM_VALIDATION_SAMPLES
+    high = low
+    while not enough(high):
+        high *= 2
+    while low < high:
+        middle = (low + high) // 2
+        if enough(middle):
+            high = middle
+        else:
+            low = middle + 1
+    sample_count = low
+    return lookback_candles + horizon_candles + sample_count
 
 
 def load_settings(**overrides: Any) -> Settings:

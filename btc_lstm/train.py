@@ -21,7 +21,12 @@ from btc_lstm.features import (
 )
 from btc_lstm.gating import Decision, promotion_decision
 from btc_lstm.scoring import INTERVAL_LEVELS, conformal_halfwidths
-from btc_lstm.settings import Settings, minimum_window_candles
+from btc_lstm.settings import (
+    MINIMUM_TRAINING_SAMPLES,
+    Settings,
+    minimum_window_candles,
+    validation_sample_count,
+)
 from btc_lstm.store import (
     count_candles,
     find_model_run,
@@ -32,9 +37,6 @@ from btc_lstm.store import (
 from btc_lstm.store.connection import series_lock
 
 logger = logging.getLogger(__name__)
-
-MINIMUM_TRAINING_SAMPLES = 10
-MINIMUM_VALIDATION_SAMPLES = 2
 
 
 @dataclass(frozen=True)
@@ -274,9 +276,7 @@ def split_sample_count(
     them are dropped, because their targets would reach into the validation
     period.
     """
-    validation_count = max(
-        MINIMUM_VALIDATION_SAMPLES, round(sample_count * validation_fraction)
-    )
+    validation_count = validation_sample_count(sample_count, validation_fraction)
     training_count = sample_count - validation_count - horizon
     if training_count < MINIMUM_TRAINING_SAMPLES:
         raise InsufficientHistoryError(
@@ -299,9 +299,10 @@ def fit_model(candles: pd.DataFrame, settings: Settings) -> FittedModel:
 
     lookback = settings.lookback_candles
     horizon = settings.horizon_candles
-    if len(candles) < minimum_window_candles(lookback, horizon):
+    minimum = minimum_window_candles(lookback, horizon, settings.validation_fraction)
+    if len(candles) < minimum:
         raise InsufficientHistoryError(
-            f"need at least {minimum_window_candles(lookback, horizon)} candles for "
+            f"need at least {minimum} candles for "
             f"lookback {lookback} and horizon {horizon}, got {len(candles)}"
         )
     windows = build_windows(candles, lookback, horizon)

@@ -303,11 +303,20 @@ def _publish_reports(
     settings: Settings, series_list: list[Series], report_folder: str | None
 ) -> None:
     """Attach each series' pictures to the flow run, kept in `report_folder` if
-    given and in a temporary folder otherwise."""
+    given and in a temporary folder otherwise.
+
+    Raises:
+        BtcLstmError: with `report_folder`, a picture could not be written there.
+            Without it, a failed picture is only logged by its task run.
+    """
     with tempfile.TemporaryDirectory() as temporary:
         folder = report_folder or temporary
-        for series in series_list:
+        states = [
             publish_report(settings, series, folder, return_state=True)
+            for series in series_list
+        ]
+    if report_folder is not None:
+        _results_or_first_error(states, [str(series) for series in series_list])
 
 
 def summary_markdown(summary: dict[str, Any], errors: Sequence[BaseException]) -> str:

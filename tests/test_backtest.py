@@ -6,7 +6,7 @@ import sqlalchemy as sa
 
 from btc_lstm.backtest import backtest_series
 from btc_lstm.candles import Series
-from btc_lstm.errors import InsufficientHistoryError
+from btc_lstm.errors import ConfigError, InsufficientHistoryError
 from btc_lstm.store import load_latest_backtest, upsert_candles
 from btc_lstm.store.schema import backtest_runs
 from tests.factories import make_candles, small_settings
@@ -78,7 +78,7 @@ class TestBacktestSeries:
         upsert_candles(engine, SERIES, make_candles(130))
 
         with pytest.raises(
-            InsufficientHistoryError, match="needs 133 stored candles .* found 130"
+            InsufficientHistoryError, match="needs 132 stored candles .* found 130"
         ):
             backtest_series(engine, settings(), SERIES, as_of_candles=10)
 
@@ -89,11 +89,21 @@ class TestBacktestSeries:
         assert stored == 0
 
     def test_gap_in_the_range_is_named(self, engine):
-        candles = make_candles(150).drop(index=[100])
-        upsert_candles(engine, SERIES, candles)
+        candles = make_candles(150)
+        upsert_candles(engine, SERIES, candles.drop(index=[100]))
+        missing = candles["open_time"].iloc[100]
 
-        with pytest.raises(InsufficientHistoryError, match="1 candles missing"):
+        with pytest.raises(
+            InsufficientHistoryError, match=f"1 candles missing.*{missing:%Y-%m-%d}"
+        ):
             backtest_series(engine, settings(), SERIES, as_of_candles=10)
+
+    @pytest.mark.parametrize("as_of_candles", [0, -5])
+    def test_no_as_of_candles(self, engine, as_of_candles):
+        upsert_candles(engine, SERIES, make_candles(150))
+
+        with pytest.raises(ConfigError, match="at least 1 as-of candle"):
+            backtest_series(engine, settings(), SERIES, as_of_candles=as_of_candles)
 
 
 class TestBacktestFlowAndReport:
@@ -196,3 +206,50 @@ class TestBacktestFlowAndReport:
 
         assert code != 0
         assert "run `btc-lstm run` first" in capsys.readouterr().err
+
+
+class TestBacktestCommandErrors:
+    def test_zero_candles_fail_before_the_flow(self, database_url, monkeypatch, capsys):
+        from btc_lstm.cli import main
+
+        monkeypatch.setenv("BTC_LSTM_DATABASE_URL", database_url)
+
+        code = main(["backtest", "--candles", "0"])
+
+        assert code == 1
+        error = capsys.readouterr().err
+        assert "--candles must be at least 1, got 0" in error
+
+    def test_report_folder_that_is_a_file(
+        self, database_url, tmp_path, monkeypatch, capsys
+    ):
+        from btc_lstm.cli import main
+
+        monkeypatch.setenv("BTC_LSTM_DATABASE_URL", database_url)
+        taken = tmp_path / "taken"
+        taken.write_text("not a folder")
+
+        code = main(["backtest", "--report", str(taken)])
+
+        assert code == 1
+        error = capsys.readouterr().err
+        assert f"cannot write the report to {taken}" in error
+        assert "Traceback" not in error
+
+    def test_report_out_that_is_a_file(
+        self, engine, database_url, tmp_path, monkeypatch, capsys
+    ):
+        from btc_lstm.cli import main
+
+        upsert_candles(engine, SERIES, make_candles(150))
+        backtest_series(engine, settings(), SERIES, as_of_candles=3)
+        monkeypatch.setenv("BTC_LSTM_DATABASE_URL", database_url)
+        taken = tmp_path / "taken"
+        taken.write_text("not a folder")
+
+        code = main(["report", "--out", str(taken / "pictures")])
+
+        assert code == 1
+        error = capsys.readouterr().err
+        assert "cannot write the report to" in error
+        assert taken.read_text() == "not a folder"

@@ -3,14 +3,18 @@ import pytest
 import sqlalchemy as sa
 
 from btc_lstm.candles import Series
-from btc_lstm.errors import ForecastError, ModelNotFoundError
+from btc_lstm.errors import (
+    ForecastError,
+    InsufficientHistoryError,
+    ModelNotFoundError,
+)
 from btc_lstm.forecast import forecast_series
 from btc_lstm.store import (
     load_latest_forecast,
     load_published_model_run,
     upsert_candles,
 )
-from btc_lstm.store.schema import model_runs, predictions
+from btc_lstm.store.schema import model_runs, ohlcv, predictions
 from btc_lstm.train import train_series
 from tests.conftest import make_candles
 from tests.factories import small_settings
@@ -212,3 +216,17 @@ class TestForecastOfRecord:
             demoted = connection.execute(sa.select(model_runs)).mappings().one()
         assert demoted["demoted_at"] is not None
         assert "vs" in demoted["demotion_reason"]
+
+
+def test_gap_in_forecast_input_is_named(engine, trained):
+    candles, _ = trained
+    missing = candles["open_time"].iloc[-3]
+    with engine.begin() as connection:
+        connection.execute(
+            sa.delete(ohlcv).where(ohlcv.c.open_time == missing.to_pydatetime())
+        )
+
+    with pytest.raises(
+        InsufficientHistoryError, match=f"1 candles missing.*{missing:%Y-%m-%d}"
+    ):
+        forecast_series(engine, SERIES)

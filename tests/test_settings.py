@@ -64,6 +64,25 @@ class TestLoadSettings:
         with pytest.raises(ConfigError, match="window_candles=40 is too short"):
             load_settings(window_candles=40, lookback_candles=30, horizon_candles=7)
 
+    @pytest.mark.parametrize("validation_fraction", [0.2, 0.5, 0.9])
+    def test_smallest_accepted_window_trains(self, validation_fraction):
+        from btc_lstm.settings import minimum_window_candles
+        from btc_lstm.train import split_sample_count
+
+        window = minimum_window_candles(30, 7, validation_fraction)
+        options = {
+            "lookback_candles": 30,
+            "horizon_candles": 7,
+            "validation_fraction": validation_fraction,
+        }
+
+        load_settings(window_candles=window, **options)
+        with pytest.raises(ConfigError, match="is too short"):
+            load_settings(window_candles=window - 1, **options)
+        # The split of the smallest window's samples leaves ten to train on.
+        training_count, _ = split_sample_count(window - 37, validation_fraction, 7)
+        assert training_count == 10
+
     def test_monthly_timeframe_is_rejected(self):
         with pytest.raises(ConfigError, match="invalid timeframe '1M'"):
             load_settings(timeframe="1M")

@@ -16,12 +16,40 @@ from btc_lstm.migrate import (
     require_current_schema,
     upgrade_database,
 )
-from btc_lstm.store import latest_open_time, load_candles, upsert_candles
+from btc_lstm.store import (
+    insert_model_run,
+    insert_predictions,
+    latest_open_time,
+    load_candles,
+    upsert_candles,
+)
 from btc_lstm.store.connection import create_db_engine, mask_database_url
 from btc_lstm.store.schema import metadata
 from tests.conftest import make_candles
 
 SERIES = Series("binance", "BTC/USDT", "1d")
+
+
+def add_model_run(engine):
+    return insert_model_run(
+        engine,
+        {
+            "exchange": "binance",
+            "symbol": "BTC/USDT",
+            "timeframe": "1d",
+            "created_at": dt.datetime(2025, 1, 1, tzinfo=dt.UTC),
+            "window_start_open_time": dt.datetime(2024, 1, 1, tzinfo=dt.UTC),
+            "window_end_open_time": dt.datetime(2025, 1, 1, tzinfo=dt.UTC),
+            "candle_count": 1,
+            "hyperparameters": {},
+            "preprocessing": {},
+            "metrics": {},
+            "epochs_trained": 1,
+            "training_seconds": 0.1,
+            "keras_version": "test",
+            "model_archive": b"not a model",
+        },
+    )
 
 
 class TestMigrations:
@@ -88,6 +116,36 @@ class TestMigrations:
             42.0,
         )
         assert newest == 42.0
+
+    def test_downgrade_from_gating_keeps_model_forecasts(self, engine):
+        run_id = add_model_run(engine)
+        as_of = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+        rows = [
+            {
+                "exchange": "binance",
+                "symbol": "BTC/USDT",
+                "timeframe": "1d",
+                "model": model,
+                "model_run_id": model_run_id,
+                "as_of_open_time": as_of,
+                "target_open_time": as_of + dt.timedelta(days=1),
+                "horizon_step": 1,
+                "predicted_close": 42.0,
+                "created_at": as_of,
+            }
+            for model, model_run_id in [("lstm", run_id), ("last_close", None)]
+        ]
+        insert_predictions(engine, rows)
+
+        downgrade_database(engine, "0003")
+
+        with engine.connect() as connection:
+            kept = connection.execute(
+                sa.text("SELECT model_run_id FROM predictions")
+            ).all()
+            runs = connection.execute(sa.text("SELECT id FROM model_runs")).all()
+        assert kept == [(run_id,)]
+        assert runs == [(run_id,)]
 
     def test_upgrade_twice_is_harmless(self, engine):
         upgrade_database(engine)

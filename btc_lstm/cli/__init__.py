@@ -64,6 +64,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("btc-lstm: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of stdout, such as `head`, has gone: stop quietly, and keep
+        # Python from reporting the failed flush of stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
     finally:
         close_engines()
         _remove_stderr_handler()

@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from btc_lstm.cli.engines import open_engine
-from btc_lstm.errors import BtcLstmError
+from btc_lstm.errors import BtcLstmError, ConfigError
 
 
 def _series_options(arguments: argparse.Namespace) -> dict[str, Any]:
@@ -177,6 +177,15 @@ def run_forecast(arguments: argparse.Namespace) -> int:
 
 
 def run_backtest(arguments: argparse.Namespace) -> int:
+    if arguments.candles < 1:
+        raise ConfigError(
+            f"--candles must be at least 1, got {arguments.candles}; it is how many "
+            "past candles to forecast from"
+        )
+    if arguments.report_folder is not None:
+        from btc_lstm.report import prepare_report_folder
+
+        prepare_report_folder(arguments.report_folder)
     overrides = {
         **_series_options(arguments),
         **_model_options(arguments),

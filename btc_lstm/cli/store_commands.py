@@ -96,7 +96,7 @@ def print_predictions(arguments: argparse.Namespace) -> int:
         records = records.astype(object).where(records.notna(), None)
         print(json.dumps(records.to_dict(orient="records"), indent=2))
     else:
-        print(table.to_string(index=False))
+        print(table.to_string(index=False, na_rep=""))
     return 0
 
 

@@ -90,15 +90,18 @@ def upgrade() -> None:
     op.execute("DROP VIEW forecast_accuracy")
     op.execute("DROP VIEW latest_predictions")
 
-    with op.batch_alter_table("model_runs") as batch:
-        batch.add_column(sa.Column("promoted", sa.Boolean(), nullable=True))
-        batch.add_column(
-            sa.Column("promotion_reason", sa.String(length=500), nullable=True)
-        )
-        batch.add_column(sa.Column("demoted_at", UTC_TIMESTAMP, nullable=True))
-        batch.add_column(
-            sa.Column("demotion_reason", sa.String(length=500), nullable=True)
-        )
+    # Plain ALTER TABLE, never batch mode, on model_runs: rebuilding it on SQLite
+    # would drop the old table, and ON DELETE CASCADE would empty predictions.
+    op.add_column("model_runs", sa.Column("promoted", sa.Boolean(), nullable=True))
+    op.add_column(
+        "model_runs",
+        sa.Column("promotion_reason", sa.String(length=500), nullable=True),
+    )
+    op.add_column("model_runs", sa.Column("demoted_at", UTC_TIMESTAMP, nullable=True))
+    op.add_column(
+        "model_runs",
+        sa.Column("demotion_reason", sa.String(length=500), nullable=True),
+    )
 
     # SQLite cannot drop NOT NULL in place, so batch mode copies the table.
     with op.batch_alter_table("predictions") as batch:
@@ -213,9 +216,10 @@ def downgrade() -> None:
         for name in ["published", *INTERVAL_COLUMNS, "model"]:
             batch.drop_column(name)
         batch.alter_column("model_run_id", existing_type=sa.Integer(), nullable=False)
-    with op.batch_alter_table("model_runs") as batch:
-        for name in ["demotion_reason", "demoted_at", "promotion_reason", "promoted"]:
-            batch.drop_column(name)
+    # ALTER TABLE DROP COLUMN needs SQLite 3.35 or newer; see upgrade() for why
+    # model_runs is not rebuilt in batch mode.
+    for name in ["demotion_reason", "demoted_at", "promotion_reason", "promoted"]:
+        op.drop_column("model_runs", name)
 
     views = importlib.import_module(
         "btc_lstm.migrations.versions.0002_add_latest_predictions_and_accuracy_views"
