@@ -172,7 +172,8 @@ def _read_table(path: Path, skip_rows: int, header: bool) -> pd.DataFrame:
     except UnicodeDecodeError as exc:
         raise _not_utf8(path, exc) from exc
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise CsvFormatError(f"{path}: not a readable CSV file: {exc}") from exc
+        reason = str(exc).strip()
+        raise CsvFormatError(f"{path}: not a readable CSV file: {reason}") from exc
     except OSError as exc:
         raise CsvFormatError(f"cannot read {path}: {exc.strerror or exc}") from exc
     if table.empty:
@@ -199,7 +200,14 @@ def _read_table(path: Path, skip_rows: int, header: bool) -> pd.DataFrame:
 def _infer_timeframe(candles: pd.DataFrame, path: Path) -> str:
     if len(candles) < 2:
         raise CsvFormatError(f"{path}: need at least two candles to tell the timeframe")
-    steps_seconds = candles["open_time"].diff().dropna().dt.total_seconds()
+    # Repeated open times are reported by _check_times, with their first time.
+    open_times = candles["open_time"].drop_duplicates().sort_values()
+    if len(open_times) < 2:
+        raise CsvFormatError(
+            f"{path}: all {len(candles)} rows share the open time "
+            f"{open_times.iloc[0]:%Y-%m-%d %H:%M}; remove the duplicates"
+        )
+    steps_seconds = open_times.diff().dropna().dt.total_seconds()
     step_ms = int(round(steps_seconds.mode().iloc[0] * 1000))
     if step_ms not in TIMEFRAME_BY_MS:
         raise CsvFormatError(

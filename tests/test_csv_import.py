@@ -138,6 +138,14 @@ class TestRejectedFiles:
         with pytest.raises(CsvFormatError, match="share an open time"):
             read_candle_csv(path)
 
+    def test_every_day_twice(self, tmp_path):
+        lines = CRYPTODATADOWNLOAD_ROWS.splitlines()
+        doubled = [lines[0], lines[1], *[row for row in lines[2:] for _ in (1, 2)]]
+        path = write(tmp_path, "Binance_ETHUSDT_d.csv", "\n".join(doubled))
+
+        with pytest.raises(CsvFormatError, match="rows share an open time, first"):
+            read_candle_csv(path)
+
     def test_several_symbols(self, tmp_path):
         text = CRYPTODATADOWNLOAD_ROWS.replace(
             "2025-02-23,ETHUSDT", "2025-02-23,BTCUSDT"
