@@ -172,7 +172,7 @@ class TestGating:
         assert result.promoted == (ratio <= 1 and mean_ratio <= 1)
 
     @pytest.mark.slow
-    def test_margin_that_no_model_can_meet_keeps_last_close(self, engine):
+    def test_unreachable_margin_keeps_last_close(self, engine):
         upsert_candles(engine, SERIES, make_candles(150))
 
         result = train_series(engine, small_settings(promotion_margin=0.9), SERIES)
