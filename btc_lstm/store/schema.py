@@ -47,6 +47,15 @@ def _json_type() -> sa.types.TypeEngine[Any]:
     return sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 
 
+def _series_columns() -> list[sa.Column[str]]:
+    """Return the exchange, symbol and timeframe columns that name a series."""
+    return [
+        sa.Column("exchange", sa.String(64), nullable=False),
+        sa.Column("symbol", sa.String(64), nullable=False),
+        sa.Column("timeframe", sa.String(8), nullable=False),
+    ]
+
+
 metadata = sa.MetaData(
     naming_convention={
         "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -75,9 +84,7 @@ model_runs = sa.Table(
     "model_runs",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("exchange", sa.String(64), nullable=False),
-    sa.Column("symbol", sa.String(64), nullable=False),
-    sa.Column("timeframe", sa.String(8), nullable=False),
+    *_series_columns(),
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("window_start_open_time", UTCDateTime(), nullable=False),
     sa.Column("window_end_open_time", UTCDateTime(), nullable=False),
@@ -102,9 +109,7 @@ predictions = sa.Table(
     "predictions",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("exchange", sa.String(64), nullable=False),
-    sa.Column("symbol", sa.String(64), nullable=False),
-    sa.Column("timeframe", sa.String(8), nullable=False),
+    *_series_columns(),
     sa.Column("as_of_open_time", UTCDateTime(), nullable=False),
     sa.Column("target_open_time", UTCDateTime(), nullable=False),
     sa.Column("horizon_step", sa.Integer, nullable=False),
@@ -147,9 +152,7 @@ rejected_candles = sa.Table(
     "rejected_candles",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("exchange", sa.String(64), nullable=False),
-    sa.Column("symbol", sa.String(64), nullable=False),
-    sa.Column("timeframe", sa.String(8), nullable=False),
+    *_series_columns(),
     sa.Column("open_time", UTCDateTime(), nullable=False),
     sa.Column("source", sa.String(255), nullable=False),
     sa.Column("open", sa.Float(53), nullable=True),
@@ -167,9 +170,7 @@ backtest_runs = sa.Table(
     "backtest_runs",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("exchange", sa.String(64), nullable=False),
-    sa.Column("symbol", sa.String(64), nullable=False),
-    sa.Column("timeframe", sa.String(8), nullable=False),
+    *_series_columns(),
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("first_as_of_open_time", UTCDateTime(), nullable=False),
     sa.Column("last_as_of_open_time", UTCDateTime(), nullable=False),
