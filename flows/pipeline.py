@@ -271,9 +271,9 @@ def backtest(
 ) -> list[dict[str, Any]]:
     """Walk each symbol's daily job forward over its past `as_of_candles` candles.
 
-    Stores the metrics of every model in `backtest_metrics`, and attaches the
-    pictures and metrics table to this run as an artifact; with `report_folder`,
-    the pictures are kept there too.
+    The metrics of every model go to `backtest_metrics`. The pictures and the
+    metrics table are attached to this run as an artifact, and with
+    `report_folder` the pictures are kept in that folder too.
     """
     settings = load_settings(
         symbols=symbols,
