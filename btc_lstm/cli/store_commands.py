@@ -62,7 +62,7 @@ def import_csv_files(arguments: argparse.Namespace) -> int:
 def print_predictions(arguments: argparse.Namespace) -> int:
     import pandas as pd
 
-    from btc_lstm.store import list_series, load_latest_forecast
+    from btc_lstm.store import FORECAST_COLUMNS, list_series, load_latest_forecast
 
     engine = open_database(upgrade=False)
     selected = _select_series(arguments, list_series(engine))
@@ -71,21 +71,7 @@ def print_predictions(arguments: argparse.Namespace) -> int:
         for series in selected
     ]
 
-    columns = [
-        "exchange",
-        "symbol",
-        "timeframe",
-        "as_of_open_time",
-        "target_open_time",
-        "horizon_step",
-        "model",
-        "predicted_close",
-        "lower_80",
-        "upper_80",
-        "lower_95",
-        "upper_95",
-        "model_run_id",
-    ]
+    columns = ["exchange", "symbol", "timeframe", *FORECAST_COLUMNS]
     table = pd.concat(frames, ignore_index=True)[columns]
     # Baselines have no model run; print an empty cell rather than NaN.
     table["model_run_id"] = table["model_run_id"].astype("Int64")

@@ -567,6 +567,21 @@ def forecast_exists(
         return connection.execute(query.limit(1)).first() is not None
 
 
+# The columns of one forecast row that users read, in the order they are shown.
+FORECAST_COLUMNS = [
+    "as_of_open_time",
+    "target_open_time",
+    "horizon_step",
+    "model",
+    "predicted_close",
+    "lower_80",
+    "upper_80",
+    "lower_95",
+    "upper_95",
+    "model_run_id",
+]
+
+
 def load_latest_forecast(
     engine: Engine, series: Series, model: str | None = None
 ) -> pd.DataFrame:
@@ -591,20 +606,7 @@ def load_latest_forecast(
         .order_by(predictions.c.as_of_open_time.desc(), predictions.c.id.desc())
         .limit(1)
     )
-    columns = [
-        "as_of_open_time",
-        "target_open_time",
-        "horizon_step",
-        "model",
-        "predicted_close",
-        "lower_80",
-        "upper_80",
-        "lower_95",
-        "upper_95",
-        "model_run_id",
-        "published",
-        "created_at",
-    ]
+    columns = [*FORECAST_COLUMNS, "published", "created_at"]
     with engine.connect() as connection:
         head = connection.execute(newest).first()
         if head is None:
