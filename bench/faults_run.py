@@ -1,9 +1,9 @@
 """Backfill three series from loopback exchanges with faults switched on.
 
 Serves generated daily candles from the loopback Binance and Kraken servers of
-the tests and ingests each series once into a new SQLite file, printing how many
-HTTP requests it took and how many candles were stored, rejected, refetched and
-still missing:
+the tests and ingests each series once into a new SQLite file. Prints how many
+HTTP requests each ingest took and how many candles were stored, rejected,
+refetched and still missing. The series and their faults:
 
 - binance BTC/USDT, 2500 days: HTTP 429 on every third candle request, pages
   newest first with 10 candles of overlap, 3 days that fail on their first

@@ -71,9 +71,10 @@ def read_candle_csv(
         The series and its candles, oldest first, with unique open times.
 
     Raises:
-        CsvFormatError: the file is missing or unreadable, is not one of the
-            layouts above, has a time that is not a date, mixes timeframes, or
-            its exchange or symbol cannot be determined; nothing is returned in part.
+        CsvFormatError: the file is missing or unreadable, or is not one of the
+            layouts above. Also raised when a time is not a date, when the file
+            mixes timeframes, or when its exchange or symbol cannot be
+            determined. Nothing is returned in part.
     """
     _check_overrides(exchange, symbol)
     parsed = _parse_file(path)

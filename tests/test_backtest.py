@@ -1,4 +1,4 @@
-"""Walk-forward backtests: what they store, and that no forecast sees its future."""
+"""Walk-forward backtests: what they store, and that no forecast reads its future."""
 
 import pandas as pd
 import pytest
@@ -226,14 +226,14 @@ class TestBacktestCommandErrors:
         from btc_lstm.cli import main
 
         monkeypatch.setenv("BTC_LSTM_DATABASE_URL", database_url)
-        taken = tmp_path / "taken"
-        taken.write_text("not a folder")
+        existing_file = tmp_path / "existing_file"
+        existing_file.write_text("not a folder")
 
-        code = main(["backtest", "--report", str(taken)])
+        code = main(["backtest", "--report", str(existing_file)])
 
         assert code == 1
         error = capsys.readouterr().err
-        assert f"cannot write the report to {taken}" in error
+        assert f"cannot write the report to {existing_file}" in error
         assert "Traceback" not in error
 
     def test_report_out_that_is_a_file(
@@ -244,12 +244,12 @@ class TestBacktestCommandErrors:
         upsert_candles(engine, SERIES, make_candles(150))
         backtest_series(engine, settings(), SERIES, as_of_candles=3)
         monkeypatch.setenv("BTC_LSTM_DATABASE_URL", database_url)
-        taken = tmp_path / "taken"
-        taken.write_text("not a folder")
+        existing_file = tmp_path / "existing_file"
+        existing_file.write_text("not a folder")
 
-        code = main(["report", "--out", str(taken / "pictures")])
+        code = main(["report", "--out", str(existing_file / "pictures")])
 
         assert code == 1
         error = capsys.readouterr().err
         assert "cannot write the report to" in error
-        assert taken.read_text() == "not a folder"
+        assert existing_file.read_text() == "not a folder"

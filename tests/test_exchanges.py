@@ -297,8 +297,8 @@ class TestPaging:
         with caplog.at_level(logging.WARNING, logger="btc_lstm"):
             result = ingest(engine, BINANCE_BTC, binance)
 
-        # The first page holds 1000 new candles; the repeats of it hold none, so
-        # the start moves on by a page each time until it passes the newest.
+        # The first page contains 1000 new candles and its repeats contain none,
+        # so the start moves on by a page each time until it passes the newest.
         assert result.inserted == 1000
         assert len(candle_requests(state)) == 3
         assert "exchange returned no candles after 2019-09-27" in caplog.text

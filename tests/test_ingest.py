@@ -60,7 +60,7 @@ class TestIngestFromExchange:
         ingest_from_exchange(engine, SERIES, START, config, state.now_ms)
 
         # ccxt lists 1000 klines as Binance's largest page, and each request
-        # asks for that many.
+        # sets that limit.
         requests = klines_requests(state)
         assert len(requests) == 2
         assert all("limit=1000" in path for path in requests)

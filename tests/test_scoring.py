@@ -17,7 +17,7 @@ class TestBaselines:
 
         assert forecast.tolist() == [[133.1, 133.1]]
 
-    def test_drift_extends_the_mean_log_return_of_the_window(self):
+    def test_drift_extends_window_mean_return(self):
         forecast = baseline_closes("drift", CLOSES, np.array([4]), 2, 3, 7)
 
         # Closes grow 10 % a candle, so drift keeps growing them 10 %.

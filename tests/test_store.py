@@ -140,11 +140,11 @@ class TestMigrations:
         downgrade_database(engine, "0003")
 
         with engine.connect() as connection:
-            kept = connection.execute(
+            remaining = connection.execute(
                 sa.text("SELECT model_run_id FROM predictions")
             ).all()
             runs = connection.execute(sa.text("SELECT id FROM model_runs")).all()
-        assert kept == [(run_id,)]
+        assert remaining == [(run_id,)]
         assert runs == [(run_id,)]
 
     def test_upgrade_twice_is_harmless(self, engine):

@@ -97,7 +97,7 @@ model_runs = sa.Table(
     sa.Column("keras_version", sa.String(32), nullable=False),
     sa.Column("model_archive", sa.LargeBinary, nullable=False),
     # Gating: whether this run became the published model when it was trained, and
-    # why; a published run that later forecast worse than last close is demoted.
+    # why. A published run that later forecast worse than last close is demoted.
     sa.Column("promoted", sa.Boolean, nullable=True),
     sa.Column("promotion_reason", sa.String(500), nullable=True),
     sa.Column("demoted_at", UTCDateTime(), nullable=True),
